@@ -1,0 +1,61 @@
+//! The contract between the host (`spritesd`) and the agent inside each sprite.
+//!
+//! Transport: HTTP/1.1 over one byte stream per request (a Unix socket for the namespace
+//! backend, vsock or virtio-serial for a microVM). HTTP keeps the agent a plain server of the
+//! public per-sprite paths (`/exec`, `/fs/...`, `/services/...`) so the host can forward a
+//! client's request, WebSocket upgrades included, with the `/v1/sprites/{name}` prefix
+//! stripped and nothing re-encoded. Host-only operations live under [`PRIVATE_PREFIX`].
+//!
+//! Versioning: the agent reports [`PROTOCOL_VERSION`] in [`AgentInfo`]; the host refuses to
+//! forward to an agent whose version it does not know. Agents inside long-lived sprites are
+//! old by definition, so new routes are additive and old ones are never changed in place.
+
+use serde::{Deserialize, Serialize};
+
+/// Current host<->agent protocol generation.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Prefix of routes that only the host may call. The public API never forwards to it.
+pub const PRIVATE_PREFIX: &str = "/agent/v1";
+
+/// `GET` health and identity probe.
+pub const INFO_PATH: &str = "/agent/v1/info";
+
+/// `POST`: stop every process, flush the disk, exit.
+pub const SHUTDOWN_PATH: &str = "/agent/v1/shutdown";
+
+/// File descriptor on which the agent finds its already-bound listening socket.
+pub const LISTEN_FD: i32 = 3;
+
+/// Request header by which our own SDK asks for length-prefixed exec frames
+/// (`[stream u8][len u32 BE][data]`) instead of the paced one-frame-per-chunk stream the
+/// official JS client needs. Unknown to official clients, so they always get the paced form.
+pub const FRAMING_HEADER: &str = "sprite-exec-framing";
+
+/// Value of [`FRAMING_HEADER`] selecting length-prefixed frames.
+pub const FRAMING_LENGTH_PREFIXED: &str = "length-prefixed";
+
+/// Answer of [`INFO_PATH`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Protocol generation the agent speaks.
+    pub protocol: u32,
+    /// Agent build version.
+    pub version: String,
+    /// The sprite's host name.
+    pub hostname: String,
+    /// Kernel release seen from inside.
+    pub kernel: String,
+}
+
+/// Uid of the unprivileged `sprite` user inside every sprite.
+pub const SPRITE_UID: u32 = 1000;
+
+/// Gid of the `sprite` user.
+pub const SPRITE_GID: u32 = 1000;
+
+/// Home of the `sprite` user and default working directory.
+pub const SPRITE_HOME: &str = "/home/sprite";
+
+/// Where the agent binaries appear inside a sprite.
+pub const AGENT_BIN_DIR: &str = "/.sprite/bin";

@@ -1,0 +1,361 @@
+//! Exec: starting commands as the sprite user and streaming their output as exec frames.
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use sprites_agent_protocol::{
+    FRAMING_HEADER, FRAMING_LENGTH_PREFIXED, SPRITE_GID, SPRITE_HOME, SPRITE_UID,
+};
+use sprites_api::exec::{self as frames, ExecRequest, STREAM_EXIT, STREAM_STDERR, STREAM_STDOUT};
+use sprites_api::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::server::error;
+
+/// Largest data part of one paced frame; the JS client wants frames well below 16 KiB.
+const PACED_FRAME_MAX: usize = 12 * 1024;
+/// Gap between paced frames so that each arrives in its own read on the client.
+const PACE: Duration = Duration::from_millis(12);
+/// How long output of one stream is gathered into one paced frame.
+const GATHER: Duration = Duration::from_millis(8);
+/// How long to keep reading pipes after the process exited (background children may hold
+/// them open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// How long a command may outlive an HTTP client that went away.
+const DEFAULT_MAX_RUN_AFTER_DISCONNECT: Duration = Duration::from_secs(10);
+
+/// Something the process did.
+#[derive(Debug)]
+pub enum Event {
+    /// Output on stdout (1) or stderr (2).
+    Output(u8, Bytes),
+    /// The process ended with this exit byte.
+    Exit(u8),
+}
+
+/// The default environment of commands, before the request's own variables.
+pub fn default_env(tty: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", SPRITE_HOME),
+        ("USER", "sprite"),
+        ("LOGNAME", "sprite"),
+        ("SHELL", "/bin/bash"),
+        ("LANG", "C.UTF-8"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if tty {
+        env.push(("TERM".into(), "xterm-256color".into()));
+    }
+    env
+}
+
+/// Supplementary groups of the sprite user, read from `/etc/group` before forking.
+fn sprite_groups() -> Vec<nix::unistd::Gid> {
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let mut gids = vec![nix::unistd::Gid::from_raw(SPRITE_GID)];
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() == 4 && f[3].split(',').any(|m| m == "sprite") {
+            if let Ok(g) = f[2].parse() {
+                gids.push(nix::unistd::Gid::from_raw(g));
+            }
+        }
+    }
+    gids
+}
+
+/// Builds the command for a request: the sprite user, its home, its environment, its own
+/// session (so signals can reach the whole process group).
+pub fn command(req: &ExecRequest) -> tokio::process::Command {
+    let argv = req.argv();
+    let mut cmd = std::process::Command::new(req.program());
+    cmd.arg0(&argv[0]).args(&argv[1..]);
+    cmd.env_clear();
+    for (k, v) in default_env(req.tty) {
+        cmd.env(k, v);
+    }
+    for (k, v) in &req.env {
+        cmd.env(k, v);
+    }
+    cmd.current_dir(req.dir.as_deref().unwrap_or(SPRITE_HOME));
+    let groups = sprite_groups();
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(SPRITE_GID))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(SPRITE_UID))?;
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    cmd
+}
+
+/// Exit byte and message for a command that could not start, following the docs' table:
+/// 127 not found, 126 cannot execute.
+pub fn spawn_failure(req: &ExecRequest, e: &std::io::Error) -> (u8, String) {
+    let prog = req.program();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            if let Some(dir) = &req.dir {
+                if !std::path::Path::new(dir).is_dir() {
+                    return (
+                        1,
+                        format!("exec: working directory {dir}: no such directory\n"),
+                    );
+                }
+            }
+            (127, format!("exec: {prog}: command not found\n"))
+        }
+        std::io::ErrorKind::PermissionDenied => (126, format!("exec: {prog}: permission denied\n")),
+        _ => (126, format!("exec: {prog}: {e}\n")),
+    }
+}
+
+/// `POST /exec` (§3.5): non-TTY, stdin from the request body, framed output.
+pub async fn http_exec(query: Vec<(String, String)>, req: Request) -> Response {
+    let parsed = match ExecRequest::from_pairs(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::BadRequest, e),
+    };
+    if parsed.tty || parsed.id.is_some() || !parsed.legacy_flags.is_empty() {
+        return error(
+            ErrorCode::BadRequest,
+            "HTTP exec is non-TTY only: tty, id, detachable and cc need the WebSocket endpoint",
+        );
+    }
+    let length_prefixed = req
+        .headers()
+        .get(FRAMING_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(FRAMING_LENGTH_PREFIXED));
+    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
+    let mut cmd = command(&parsed);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if parsed.stdin {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    match cmd.spawn() {
+        Ok(mut child) => {
+            if let Some(mut stdin) = child.stdin.take() {
+                let mut body = req.into_body().into_data_stream();
+                tokio::spawn(async move {
+                    while let Some(Ok(chunk)) = body.next().await {
+                        if stdin.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Dropping stdin closes it: EOF for the process.
+                });
+            }
+            let limit = parsed
+                .max_run_after_disconnect
+                .unwrap_or(DEFAULT_MAX_RUN_AFTER_DISCONNECT);
+            tokio::spawn(run_child(child, events_tx, limit));
+        }
+        Err(e) => {
+            let (code, msg) = spawn_failure(&parsed, &e);
+            tokio::spawn(async move {
+                let _ = events_tx
+                    .send(Event::Output(STREAM_STDERR, Bytes::from(msg)))
+                    .await;
+                let _ = events_tx.send(Event::Exit(code)).await;
+            });
+        }
+    }
+    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    if length_prefixed {
+        tokio::spawn(write_length_prefixed(events_rx, body_tx));
+    } else {
+        tokio::spawn(write_paced(events_rx, body_tx));
+    }
+    let body = Body::from_stream(tokio_stream_from(body_rx));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Reads the child's output into events, then its exit. If nobody listens any more the
+/// output is drained and the process gets `limit` to finish before its group is killed.
+async fn run_child(mut child: tokio::process::Child, tx: mpsc::Sender<Event>, limit: Duration) {
+    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(pump(s, STREAM_STDOUT, tx.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(pump(s, STREAM_STDERR, tx.clone())));
+    let watchdog = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tx.closed().await;
+            tokio::time::sleep(limit).await;
+            if let Some(pg) = pgid {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::SIGKILL);
+            }
+        })
+    };
+    let status = child.wait().await;
+    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+    for task in [out, err].into_iter().flatten() {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            abort.abort();
+        }
+    }
+    watchdog.abort();
+    let code = match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            frames::exit_byte(s.code(), s.signal())
+        }
+        Err(_) => 255,
+    };
+    let _ = tx.send(Event::Exit(code)).await;
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: u8, tx: mpsc::Sender<Event>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                // A closed channel means the client left; keep draining so the process
+                // never blocks on a full pipe.
+                let _ = tx
+                    .send(Event::Output(stream, Bytes::copy_from_slice(&buf[..n])))
+                    .await;
+            }
+        }
+    }
+}
+
+/// `[stream u8][len u32 BE][data]`, written as soon as it exists.
+async fn write_length_prefixed(
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let (stream, data) = match &ev {
+            Event::Output(s, d) => (*s, d.clone()),
+            Event::Exit(c) => (STREAM_EXIT, Bytes::copy_from_slice(&[*c])),
+        };
+        let mut b = BytesMut::with_capacity(data.len() + 5);
+        b.put_u8(stream);
+        b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        b.put_slice(&data);
+        if tx.send(Ok(b.freeze())).await.is_err() {
+            drain(rx).await;
+            return;
+        }
+        if matches!(ev, Event::Exit(_)) {
+            return;
+        }
+    }
+}
+
+async fn drain(mut rx: mpsc::Receiver<Event>) {
+    rx.close();
+    while rx.recv().await.is_some() {}
+}
+
+/// The official form: one frame per HTTP chunk, frames spaced by [`PACE`], output of one
+/// stream gathered for [`GATHER`] so a chatty process does not make thousands of frames.
+async fn write_paced(
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut last: Option<Instant> = None;
+    let mut carry: Option<Event> = None;
+    loop {
+        let ev = match carry.take() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        let frame = match ev {
+            Event::Exit(code) => {
+                pace(last, PACE * 2).await;
+                let _ = tx
+                    .send(Ok(Bytes::copy_from_slice(&[STREAM_EXIT, code])))
+                    .await;
+                return;
+            }
+            Event::Output(stream, data) => {
+                let mut buf = BytesMut::from(&data[..]);
+                let until = tokio::time::Instant::now() + GATHER;
+                while buf.len() < PACED_FRAME_MAX {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(Event::Output(s, d))) if s == stream => buf.extend_from_slice(&d),
+                        Ok(Some(other)) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                (stream, buf.freeze())
+            }
+        };
+        let (stream, mut data) = frame;
+        while !data.is_empty() {
+            let part = data.split_to(data.len().min(PACED_FRAME_MAX));
+            pace(last, PACE).await;
+            if tx
+                .send(Ok(Bytes::from(frames::encode(stream, &part))))
+                .await
+                .is_err()
+            {
+                drain(rx).await;
+                return;
+            }
+            last = Some(Instant::now());
+        }
+    }
+}
+
+async fn pace(last: Option<Instant>, gap: Duration) {
+    if let Some(t) = last {
+        let due = t + gap;
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The agent's HTTP server on the inherited listening socket.
+
+use std::os::fd::FromRawFd;
+use std::time::Duration;
+
+use axum::extract::{Query, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sprites_agent_protocol::{AgentInfo, INFO_PATH, LISTEN_FD, PROTOCOL_VERSION, SHUTDOWN_PATH};
+use sprites_api::{ErrorBody, ErrorCode};
+
+/// Runs the agent server until shutdown. Never returns normally.
+pub fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPRITE_AGENT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the agent runtime");
+    if let Err(e) = rt.block_on(serve()) {
+        tracing::error!("agent failed: {e:#}");
+        std::process::exit(1)
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
+    // SAFETY: the launcher leaves a bound, listening Unix socket on LISTEN_FD and nothing
+    // else in this process owns that descriptor.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
+    axum::serve(listener, router()).await?;
+    Ok(())
+}
+
+/// The routes the agent serves. Public paths match the per-sprite API with the
+/// `/v1/sprites/{name}` prefix removed.
+pub fn router() -> Router {
+    Router::new()
+        .route(INFO_PATH, get(info))
+        .route(SHUTDOWN_PATH, post(shutdown))
+        .route("/exec", post(http_exec))
+        .fallback(|| async { error(ErrorCode::NotFound, "no such route in the sprite") })
+}
+
+/// A JSON error response in the public shape.
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+async fn info() -> Json<AgentInfo> {
+    let uname = nix::sys::utsname::uname().ok();
+    Json(AgentInfo {
+        protocol: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kernel: uname
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+async fn shutdown() -> StatusCode {
+    tokio::spawn(async {
+        // Let the response go out first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        // kill(-1) reaches every process of the sprite but PID 1 and ourselves.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline && others_alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        nix::unistd::sync();
+        std::process::exit(0)
+    });
+    StatusCode::OK
+}
+
+/// Whether any process besides PID 1 and this one is alive.
+fn others_alive() -> bool {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .any(|p| p != 1 && p != me)
+        })
+        .unwrap_or(false)
+}
+
+async fn http_exec(Query(q): Query<Vec<(String, String)>>, req: Request) -> Response {
+    crate::exec::http_exec(q, req).await
+}

@@ -1,0 +1,80 @@
+//! The JSON error body of §11: `{"error":"<code>","message":"<text>"}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable machine-readable error codes. Clients match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 400: the sprite name breaks the naming rules.
+    InvalidName,
+    /// 401: missing or unknown token.
+    Unauthorized,
+    /// 404: the named thing does not exist (or belongs to another org).
+    NotFound,
+    /// 405: method not allowed on this path.
+    MethodNotAllowed,
+    /// 409: the name is taken or the state forbids the operation.
+    Conflict,
+    /// 410: the thing existed but is gone (an exited session).
+    Gone,
+    /// 413: request body larger than the limit.
+    PayloadTooLarge,
+    /// 500: a failure on our side.
+    Internal,
+    /// 503: the sprite could not be reached or started.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The string sent in the `error` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Gone => "gone",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal_error",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidName => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Gone => 410,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// Error body shared by every endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Machine code, see [`ErrorCode::as_str`].
+    pub error: String,
+    /// One readable sentence.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds a body from a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+}

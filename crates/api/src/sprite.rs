@@ -1,0 +1,188 @@
+//! Sprite CRUD bodies (§2 of the protocol spec).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle status as reported to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpriteStatus {
+    /// Processes run.
+    Running,
+    /// Processes frozen, memory kept.
+    Warm,
+    /// Nothing runs; the disk is at rest.
+    Cold,
+}
+
+impl SpriteStatus {
+    /// Wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpriteStatus::Running => "running",
+            SpriteStatus::Warm => "warm",
+            SpriteStatus::Cold => "cold",
+        }
+    }
+}
+
+/// Who may reach the sprite URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlSettings {
+    /// `"sprite"` (org token needed) or `"public"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// `"admins"` or `"org_users"`; stored, not enforced beyond org membership.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<String>,
+}
+
+/// Requested resources. Stored and reported; `ram_mb` also sets the memory limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteConfig {
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_mb: Option<u64>,
+    /// CPU count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Region label (informational on a self-hosted server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Disk size in GB (informational; disks are sparse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_gb: Option<u64>,
+}
+
+/// The Sprite object (§2.1). Every timestamp is RFC 3339 or absent, never `""`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sprite {
+    /// `sprite-<uuid>`.
+    pub id: String,
+    /// Unique within the org.
+    pub name: String,
+    /// Org slug.
+    #[serde(default)]
+    pub organization: String,
+    /// Same as `organization`; some clients read this name.
+    #[serde(default)]
+    pub org_slug: String,
+    /// Lifecycle status.
+    pub status: SpriteStatus,
+    /// The sprite's HTTP URL.
+    #[serde(default)]
+    pub url: String,
+    /// URL auth settings.
+    #[serde(default)]
+    pub url_settings: UrlSettings,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change of the record.
+    pub updated_at: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Last time the sprite was seen running.
+    #[serde(default)]
+    pub last_running_at: Option<String>,
+    /// Last time the sprite went warm.
+    #[serde(default)]
+    pub last_warming_at: Option<String>,
+    /// Last boot.
+    #[serde(default)]
+    pub last_started_at: Option<String>,
+    /// Last request that touched the sprite.
+    #[serde(default)]
+    pub last_active_at: Option<String>,
+    /// Requested resources.
+    #[serde(default)]
+    pub config: SpriteConfig,
+    /// Environment given at creation.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// Storage bucket (the local object store on a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<String>,
+    /// Region the sprite lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_region: Option<String>,
+    /// Server version that runs the sprite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Environment (agent) version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_version: Option<String>,
+}
+
+/// `POST /v1/sprites` body. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateSpriteRequest {
+    /// Required name.
+    pub name: String,
+    /// Optional resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SpriteConfig>,
+    /// Optional environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<BTreeMap<String, String>>,
+    /// Optional URL settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_settings: Option<UrlSettings>,
+    /// Optional labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Wait for capacity instead of failing (accepted; a single host never queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_capacity: Option<bool>,
+}
+
+/// `PUT /v1/sprites/{name}` body: a partial update.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateSpriteRequest {
+    /// New URL settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_settings: Option<UrlSettings>,
+    /// New labels (replace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Go's way of saying `labels: []`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_labels: Option<bool>,
+}
+
+/// Per-org counters, sent both top-level and nested (JS reads one, Go the other).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgSummary {
+    /// Org slug.
+    pub name: String,
+    /// Sprites running.
+    pub running: u64,
+    /// Sprites warm.
+    pub warm: u64,
+    /// Sprites cold.
+    pub cold: u64,
+    /// Most sprites allowed to run at once.
+    pub running_limit: u64,
+    /// Most sprites allowed warm at once.
+    pub warm_limit: u64,
+}
+
+/// `GET /v1/sprites` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListSpritesResponse {
+    /// One page of sprites, by name.
+    pub sprites: Vec<Sprite>,
+    /// More pages follow.
+    pub has_more: bool,
+    /// Opaque token for the next page.
+    pub next_continuation_token: Option<String>,
+    /// Counters, top level (JS, Python).
+    #[serde(flatten)]
+    pub counters: OrgSummary,
+    /// Counters, nested (Go).
+    pub org: OrgSummary,
+}
+
+/// Default and largest page size of `GET /v1/sprites`; larger requests are clamped.
+pub const MAX_LIST_RESULTS: usize = 50;

@@ -1,0 +1,250 @@
+//! The Linux-namespace backend: each sprite is a tree of processes in its own user, mount,
+//! PID, UTS, IPC, network and cgroup namespaces, under cgroup limits and a seccomp filter,
+//! with `pivot_root` into an overlay of its own ext4 disk on the shared base image.
+//!
+//! Root in a sprite is a host uid from the sprite's private range (`uid_base..+65536`), never
+//! host root. Works on any Linux host, KVM or not; see `runtime-microvm` for hardware
+//! isolation.
+//!
+//! Architecture invariant: this crate boots and stops sprites; it makes no policy decisions
+//! (when to start, stop or pause is [`sprites_runtime::Runtime`]'s call) and knows no HTTP.
+
+pub mod cgroup;
+mod idmap;
+pub mod launcher;
+mod seccomp;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sprites_runtime::{AgentStream, Backend, BackendError, BackendKind, SpriteSpec};
+
+use crate::cgroup::Cgroup;
+use crate::launcher::{LaunchConfig, RunPaths};
+
+/// Configuration of the namespace backend.
+#[derive(Debug, Clone)]
+pub struct NamespaceConfig {
+    /// Directory of per-sprite runtime files (sockets, pid files, mount points).
+    pub run_root: PathBuf,
+    /// Base image root filesystem.
+    pub base_rootfs: PathBuf,
+    /// The agent binary to run inside sprites.
+    pub agent_bin: PathBuf,
+    /// Program and leading arguments that run [`launcher::main`]; the config path is appended.
+    pub launcher: Vec<OsString>,
+    /// Distinguishes the cgroups of several servers on one host.
+    pub cgroup_instance: String,
+}
+
+/// The namespace backend.
+pub struct NamespaceBackend {
+    cfg: NamespaceConfig,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl NamespaceBackend {
+    /// A backend with `cfg`.
+    pub fn new(cfg: NamespaceConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// Host-side runtime directory of a sprite. Kept short: Unix socket paths are limited.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.cfg
+            .run_root
+            .join(id.strip_prefix("sprite-").unwrap_or(id))
+    }
+
+    fn cgroup(&self, id: &str) -> Cgroup {
+        Cgroup::new(&self.cfg.cgroup_instance, id)
+    }
+
+    /// Pid of the sprite's live launcher, if any. Checks that the pid really is that launcher,
+    /// so a stale pid file after a host reboot is not mistaken for a running sprite.
+    pub fn launcher_pid(&self, id: &str) -> Option<i32> {
+        let run_dir = self.run_dir(id);
+        let pid: i32 = std::fs::read_to_string(RunPaths::new(&run_dir).pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next())?;
+        if state == Some('Z') {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let needle = run_dir.join("launch.json");
+        let needle = needle.as_os_str().as_encoded_bytes();
+        cmdline
+            .windows(needle.len())
+            .any(|w| w == needle)
+            .then_some(pid)
+    }
+
+    async fn wait_launcher_gone(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.launcher_pid(id).is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.launcher_pid(id).is_none()
+    }
+}
+
+fn unix_socket_ok(path: &Path) -> Result<(), BackendError> {
+    // sockaddr_un.sun_path is 108 bytes including the NUL.
+    if path.as_os_str().len() >= 108 {
+        return Err(BackendError::Other(format!(
+            "agent socket path {} is too long for a Unix socket; use a shorter data dir",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for NamespaceBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Namespace
+    }
+
+    async fn start(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        let run_dir = self.run_dir(&spec.id);
+        let paths = RunPaths::new(&run_dir);
+        unix_socket_ok(&paths.socket)?;
+        std::fs::create_dir_all(&run_dir)?;
+        let cfg = LaunchConfig {
+            spec: spec.clone(),
+            run_dir: run_dir.clone(),
+            base_rootfs: self.cfg.base_rootfs.clone(),
+            agent_bin: self.cfg.agent_bin.clone(),
+            cgroup_instance: self.cfg.cgroup_instance.clone(),
+        };
+        let cfg_path = run_dir.join("launch.json");
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_vec_pretty(&cfg).map_err(|e| BackendError::Other(e.to_string()))?,
+        )?;
+        let (prog, args) = self
+            .cfg
+            .launcher
+            .split_first()
+            .ok_or_else(|| BackendError::Other("no launcher configured".into()))?;
+        let mut cmd = tokio::process::Command::new(prog);
+        cmd.args(args)
+            .arg(&cfg_path)
+            .stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| BackendError::Start {
+                id: spec.id.clone(),
+                reason: "launcher timed out".into(),
+            })??;
+        if !out.status.success() {
+            let reason = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(BackendError::Start {
+                id: spec.id.clone(),
+                reason,
+            });
+        }
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            let last = match self.connect(spec).await {
+                Ok(s) => match sprites_runtime::agent::info(s).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&paths.agent_log).unwrap_or_default();
+                let tail: String = log
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(BackendError::Start {
+                    id: spec.id.clone(),
+                    reason: format!("agent did not answer: {last}\n{tail}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn is_running(&self, spec: &SpriteSpec) -> bool {
+        self.launcher_pid(&spec.id).is_some()
+    }
+
+    async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError> {
+        let path = RunPaths::new(&self.run_dir(&spec.id)).socket;
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(s) => Ok(Box::new(s)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(BackendError::NotRunning(spec.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn stop(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        if self.launcher_pid(&spec.id).is_none() {
+            return Ok(());
+        }
+        let cg = self.cgroup(&spec.id);
+        let _ = cg.set_frozen(false);
+        // Ask the agent first: it ends processes gently and flushes the disk.
+        if let Ok(s) = self.connect(spec).await {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), sprites_runtime::agent::shutdown(s))
+                    .await;
+        }
+        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
+            return Ok(());
+        }
+        tracing::warn!(id = %spec.id, "agent did not stop the sprite; killing its cgroup");
+        cg.kill_all()?;
+        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
+            return Ok(());
+        }
+        Err(BackendError::Other(format!(
+            "sprite {} did not stop",
+            spec.id
+        )))
+    }
+
+    async fn pause(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        Ok(self.cgroup(&spec.id).set_frozen(true)?)
+    }
+
+    async fn resume(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        Ok(self.cgroup(&spec.id).set_frozen(false)?)
+    }
+
+    async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        let _ = self.cgroup(&spec.id).remove();
+        match std::fs::remove_dir_all(self.run_dir(&spec.id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}

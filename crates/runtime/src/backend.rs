@@ -1,0 +1,119 @@
+//! The contract between the runtime and one kind of sprite.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Which kind of sprite a backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Linux namespaces, cgroups and seccomp on the host kernel.
+    Namespace,
+    /// A microVM with its own kernel.
+    MicroVm,
+}
+
+impl BackendKind {
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Namespace => "namespace",
+            BackendKind::MicroVm => "microvm",
+        }
+    }
+}
+
+/// Everything a backend needs to boot one sprite. Built by the server from its records.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpriteSpec {
+    /// Stable id (`sprite-<uuid>`); names a sprite's files and host resources.
+    pub id: String,
+    /// Host name inside the sprite (the sprite's name).
+    pub hostname: String,
+    /// The sprite's writable disk image.
+    pub disk: PathBuf,
+    /// First host uid of the sprite's private uid/gid range (65536 ids).
+    pub uid_base: u32,
+    /// Memory limit in bytes.
+    pub memory_limit: u64,
+    /// Most processes the sprite may have.
+    pub pids_limit: u64,
+}
+
+/// A byte stream to the agent inside a running sprite.
+pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
+
+/// Boxed [`AgentIo`].
+pub type AgentStream = Box<dyn AgentIo>;
+
+/// Errors a backend reports.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The sprite could not be booted.
+    #[error("starting sprite {id}: {reason}")]
+    Start {
+        /// Sprite id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sprite is not running, so its agent cannot be reached.
+    #[error("sprite {0} is not running")]
+    NotRunning(String),
+    /// The backend cannot do this (yet).
+    #[error("the {backend} backend does not support {op}")]
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// Operation.
+        op: &'static str,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+    /// I/O with the host.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One kind of sprite. Implementations keep no lifecycle policy: [`crate::Runtime`] decides
+/// when to start, stop or pause, the backend only knows how.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Which kind this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Boots the sprite. Returns once its agent accepts connections.
+    async fn start(&self, spec: &SpriteSpec) -> Result<(), BackendError>;
+
+    /// Whether the sprite's processes exist (running or paused), as seen on the host now.
+    /// This must work for sprites started by an earlier server process.
+    async fn is_running(&self, spec: &SpriteSpec) -> bool;
+
+    /// Opens a new byte stream to the agent.
+    async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError>;
+
+    /// Stops the sprite: processes end, the disk is flushed and released.
+    async fn stop(&self, spec: &SpriteSpec) -> Result<(), BackendError>;
+
+    /// Freezes every process of the sprite, keeping memory.
+    async fn pause(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind().as_str(),
+            op: "pause",
+        })
+    }
+
+    /// Thaws a paused sprite.
+    async fn resume(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind().as_str(),
+            op: "resume",
+        })
+    }
+
+    /// Removes every host resource of a stopped sprite except its disk.
+    async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError>;
+}

@@ -1,0 +1,141 @@
+//! `/v1/sprites` CRUD (§2).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use sprites_api::{self as api, ErrorCode};
+
+use super::{AppState, JSON_BODY_LIMIT};
+use crate::error::ApiError;
+use crate::store::Org;
+
+/// Reads a JSON body with a size limit and turns every failure into a JSON error.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is larger than {JSON_BODY_LIMIT} bytes"),
+            )
+        } else {
+            ApiError::new(ErrorCode::BadRequest, format!("reading request body: {e}"))
+        }
+    })?;
+    if bytes.len() > JSON_BODY_LIMIT {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {JSON_BODY_LIMIT} bytes"),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: api::CreateSpriteRequest = json_body(body)?;
+    let sprite = s.create(&org, req).await?;
+    Ok((StatusCode::CREATED, Json(sprite)).into_response())
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Sprite>, ApiError> {
+    let rec = s.find(&org, &name).await?;
+    Ok(Json(s.to_api(&org, &rec).await))
+}
+
+pub async fn update(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::Sprite>, ApiError> {
+    let req: api::UpdateSpriteRequest = json_body(body)?;
+    Ok(Json(s.update(&org, &name, req).await?))
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.delete(&org, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Continuation {
+    last: String,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<api::ListSpritesResponse>, ApiError> {
+    let mut prefix = String::new();
+    let mut limit = api::MAX_LIST_RESULTS;
+    let mut after = None;
+    for (k, v) in q {
+        match k.as_str() {
+            "prefix" => prefix = v,
+            "max_results" => {
+                let n: i64 = v.parse().map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("max_results must be a number, not {v:?}"),
+                    )
+                })?;
+                // Clamp rather than reject: Go and Python send 100.
+                limit = usize::try_from(n.clamp(1, api::MAX_LIST_RESULTS as i64)).unwrap_or(1);
+            }
+            "continuation_token" if !v.is_empty() => {
+                let bad = || ApiError::new(ErrorCode::BadRequest, "invalid continuation_token");
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v.as_bytes())
+                    .map_err(|_| bad())?;
+                let c: Continuation = serde_json::from_slice(&raw).map_err(|_| bad())?;
+                after = Some(c.last);
+            }
+            _ => {}
+        }
+    }
+    let (sprites, has_more) = s.list(&org, prefix, after, limit).await?;
+    let next_continuation_token = match (has_more, sprites.last()) {
+        (true, Some(last)) => {
+            let c = serde_json::to_vec(&Continuation {
+                last: last.name.clone(),
+            })
+            .map_err(ApiError::internal)?;
+            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c))
+        }
+        _ => None,
+    };
+    let (running, warm, cold) = s.counts(&org).await?;
+    let counters = api::OrgSummary {
+        name: org.slug.clone(),
+        running,
+        warm,
+        cold,
+        running_limit: 1000,
+        warm_limit: 10_000,
+    };
+    Ok(Json(api::ListSpritesResponse {
+        sprites,
+        has_more,
+        next_continuation_token,
+        org: counters.clone(),
+        counters,
+    }))
+}

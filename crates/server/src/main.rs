@@ -1,0 +1,279 @@
+//! `spritesd`: the Sprites API server.
+//!
+//! It authenticates requests, keeps orgs, tokens and sprite records in SQLite, wakes the sprite
+//! a request names and forwards per-sprite calls to the agent inside it. It never touches
+//! namespaces, KVM or guest frames itself: those belong to the runtime crates.
+
+mod auth;
+mod config;
+mod error;
+mod http;
+mod service;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use sprites_runtime::Runtime;
+use sprites_runtime_namespace::{NamespaceBackend, NamespaceConfig};
+use sprites_storage::image::BaseImage;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "spritesd", version, about = "Self-hosted Sprites server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the API server.
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Manage the base image.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Where state, disks and runtime files live.
+    #[arg(long, env = "SPRITES_DATA_DIR", default_value = "/var/lib/sprites")]
+    data_dir: PathBuf,
+    /// Where the base image is cached (default: <data-dir>/images). Several servers may share one.
+    #[arg(long, env = "SPRITES_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn image_dir(&self) -> PathBuf {
+        self.image_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address to listen on.
+    #[arg(long, env = "SPRITES_LISTEN", default_value = "127.0.0.1:7780")]
+    listen: SocketAddr,
+    /// Base domain of sprite URLs (`<name>-<org>.<domain>:<port>`).
+    #[arg(long, env = "SPRITES_URL_DOMAIN", default_value = "sprites.localhost")]
+    url_domain: String,
+    /// The agent binary (default: `sprite-agent` next to this executable).
+    #[arg(long, env = "SPRITES_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Default memory limit of a sprite, in MiB.
+    #[arg(long, env = "SPRITES_MEMORY_MB", default_value_t = 2048)]
+    memory_mb: u64,
+    /// Most processes per sprite.
+    #[arg(long, env = "SPRITES_PIDS_LIMIT", default_value_t = 4096)]
+    pids_limit: u64,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token (and the org if it does not exist); prints it as the last line.
+    Create {
+        /// Org slug.
+        #[arg(long)]
+        org: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// (Re)build the base image from the host's Debian mirror.
+    Build {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+fn main() {
+    // The launcher is this same binary; it must start before any thread exists.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "__launch") {
+        let Some(path) = args.next() else {
+            eprintln!("__launch needs a config path");
+            std::process::exit(2)
+        };
+        sprites_runtime_namespace::launcher::main(Path::new(&path));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPRITES_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    org,
+                    description,
+                    data,
+                },
+        } => token_create(&data, &org, &description),
+        Cmd::Image {
+            cmd: ImageCmd::Build { data },
+        } => image_build(&data),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1)
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", dir.display()))?;
+    Ok(())
+}
+
+fn open_store(data: &DataArgs) -> anyhow::Result<store::Store> {
+    prepare_data_dir(&data.data_dir)?;
+    Ok(store::Store::open(&data.data_dir.join(config::DB_FILE))?)
+}
+
+fn token_create(data: &DataArgs, org: &str, description: &str) -> anyhow::Result<()> {
+    if let Err(m) = sprites_api::names::validate_sprite_name(org) {
+        bail!("invalid org slug: {}", m.replace("sprite name", "org slug"));
+    }
+    let store = open_store(data)?;
+    let token = store.blocking(|c| auth::create_token(c, org, description))?;
+    println!("{token}");
+    Ok(())
+}
+
+fn image_build(data: &DataArgs) -> anyhow::Result<()> {
+    let mirror = sprites_storage::mirror::detect(Path::new("/"))?;
+    let img = BaseImage::new(data.image_dir());
+    eprintln!(
+        "building the base image from {} ({}); this takes about a minute",
+        mirror.uri, mirror.suite
+    );
+    let info = img.build(&mirror)?;
+    sprites_storage::disk::DiskFactory::new(&data.image_dir()).ensure_template()?;
+    eprintln!(
+        "base image ready: Debian {} at {}",
+        info.suite,
+        img.rootfs().display()
+    );
+    Ok(())
+}
+
+/// First start: org `personal` and an admin token, written once to `<data-dir>/admin-token`.
+fn bootstrap(store: &store::Store, cfg: &Config) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if store.blocking(|c| store::org_count(c))? > 0 {
+        return Ok(());
+    }
+    let token = store.blocking(|c| auth::create_token(c, "personal", "admin"))?;
+    let path = cfg.data_dir.join("admin-token");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    println!(
+        "Created org \"personal\" and an admin token (saved in {}).",
+        path.display()
+    );
+    println!("Log the CLI in with:");
+    println!(
+        "  SPRITES_API_URL=http://{} sprite auth setup --token {token}",
+        cfg.listen
+    );
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let agent_bin = match a.agent_bin.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("sprite-agent"),
+    };
+    if !agent_bin.exists() {
+        bail!(
+            "agent binary {} not found; pass --agent-bin",
+            agent_bin.display()
+        );
+    }
+    let cfg = Config {
+        data_dir: a.data.data_dir.clone(),
+        image_dir: a.data.image_dir(),
+        listen: a.listen,
+        url_domain: a.url_domain.clone(),
+        agent_bin,
+        memory_limit: a.memory_mb << 20,
+        pids_limit: a.pids_limit,
+    };
+    let store = open_store(&a.data)?;
+    bootstrap(&store, &cfg)?;
+    let image = BaseImage::new(&cfg.image_dir);
+    if !image.is_ready() {
+        tracing::info!("no base image yet; building it now (about a minute)");
+        image_build(&a.data)?;
+    }
+    sprites_storage::disk::DiskFactory::new(&cfg.image_dir).ensure_template()?;
+    let backend = NamespaceBackend::new(NamespaceConfig {
+        run_root: cfg.run_root(),
+        base_rootfs: image.rootfs(),
+        agent_bin: cfg.agent_bin.clone(),
+        launcher: vec![std::env::current_exe()?.into_os_string(), "__launch".into()],
+        cgroup_instance: cfg.instance(),
+    });
+    let runtime = Arc::new(Runtime::new(Arc::new(backend)));
+    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime));
+    svc.collect_garbage()
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        tracing::info!(addr = %cfg.listen, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
+        axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("spritesd stopped; sprites keep running and are adopted on the next start");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,326 @@
+//! Sprite operations that span the store, the disks and the runtime. HTTP handlers translate
+//! requests into these calls and results back into responses; nothing else mutates sprites.
+
+use std::sync::Arc;
+
+use sprites_api::{self as api, ErrorCode};
+use sprites_runtime::{AgentStream, Runtime, SpriteSpec, State};
+use sprites_storage::disk::DiskFactory;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::{self, now_ms, Org, SpriteRecord, Store};
+
+/// First host uid handed to sprites; far above the ranges distributions give to users and
+/// rootless containers (`/etc/subuid` starts at 100000).
+pub const UID_BASE: u32 = 1_000_000_000;
+/// Ids per sprite.
+pub const UID_RANGE: u32 = 65_536;
+
+/// The sprite service.
+pub struct Sprites {
+    /// Settings.
+    pub cfg: Config,
+    /// State store.
+    pub store: Store,
+    /// Lifecycle of running sprites.
+    pub runtime: Arc<Runtime>,
+    disks: DiskFactory,
+}
+
+impl Sprites {
+    /// A service over the given parts.
+    pub fn new(cfg: Config, store: Store, runtime: Arc<Runtime>) -> Self {
+        let disks = DiskFactory::new(&cfg.image_dir);
+        Self {
+            cfg,
+            store,
+            runtime,
+            disks,
+        }
+    }
+
+    /// What the runtime needs to run `rec`.
+    pub fn spec(&self, rec: &SpriteRecord) -> SpriteSpec {
+        let config: api::SpriteConfig = serde_json::from_str(&rec.config).unwrap_or_default();
+        let memory_limit = config
+            .ram_mb
+            .map(|mb| mb << 20)
+            .unwrap_or(self.cfg.memory_limit);
+        SpriteSpec {
+            id: rec.id.clone(),
+            hostname: rec.name.clone(),
+            disk: self.cfg.sprite_dir(&rec.id).join("disk.ext4"),
+            uid_base: UID_BASE + rec.uid_slot * UID_RANGE,
+            memory_limit,
+            pids_limit: self.cfg.pids_limit,
+        }
+    }
+
+    /// The public URL of a sprite.
+    pub fn url(&self, org: &Org, name: &str) -> String {
+        format!(
+            "http://{name}-{}.{}:{}",
+            org.slug,
+            self.cfg.url_domain,
+            self.cfg.listen.port()
+        )
+    }
+
+    /// Public JSON of a record.
+    pub async fn to_api(&self, org: &Org, rec: &SpriteRecord) -> api::Sprite {
+        let status = match self.runtime.state(&self.spec(rec)).await {
+            State::Running => api::SpriteStatus::Running,
+            State::Warm => api::SpriteStatus::Warm,
+            State::Cold => api::SpriteStatus::Cold,
+        };
+        let fmt = |t: Option<i64>| t.map(api::timefmt::format_millis);
+        api::Sprite {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            organization: org.slug.clone(),
+            org_slug: org.slug.clone(),
+            status,
+            url: self.url(org, &rec.name),
+            url_settings: api::UrlSettings {
+                auth: Some(rec.url_auth.clone()),
+                private_access: rec.private_access.clone(),
+            },
+            created_at: api::timefmt::format_millis(rec.created_at),
+            updated_at: api::timefmt::format_millis(rec.updated_at),
+            labels: serde_json::from_str(&rec.labels).unwrap_or_default(),
+            last_running_at: fmt(rec.last_running_at),
+            last_warming_at: fmt(rec.last_warming_at),
+            last_started_at: fmt(rec.last_started_at),
+            last_active_at: fmt(rec.last_active_at),
+            config: serde_json::from_str(&rec.config).unwrap_or_default(),
+            environment: serde_json::from_str(&rec.environment).unwrap_or_default(),
+            bucket_name: None,
+            primary_region: Some("local".into()),
+            version: Some(api::SPRITE_VERSION.into()),
+            environment_version: Some(env!("CARGO_PKG_VERSION").into()),
+        }
+    }
+
+    /// The record of `name` in `org`, or 404.
+    pub async fn find(&self, org: &Org, name: &str) -> Result<SpriteRecord, ApiError> {
+        let (org_id, n) = (org.id.clone(), name.to_string());
+        self.store
+            .with(move |c| store::sprite_by_name(c, &org_id, &n))
+            .await?
+            .ok_or_else(|| ApiError::sprite_not_found(name))
+    }
+
+    /// Creates and boots a sprite.
+    pub async fn create(
+        &self,
+        org: &Org,
+        req: api::CreateSpriteRequest,
+    ) -> Result<api::Sprite, ApiError> {
+        api::names::validate_sprite_name(&req.name)
+            .map_err(|m| ApiError::new(ErrorCode::InvalidName, m))?;
+        let auth = match req.url_settings.as_ref().and_then(|u| u.auth.as_deref()) {
+            None | Some("sprite") | Some("default") => "sprite",
+            Some("public") => "public",
+            Some(other) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("url_settings.auth must be \"sprite\" or \"public\", not {other:?}"),
+                ))
+            }
+        };
+        let now = now_ms();
+        let rec = SpriteRecord {
+            id: format!("sprite-{}", uuid::Uuid::new_v4()),
+            org_id: org.id.clone(),
+            name: req.name.clone(),
+            uid_slot: 0,
+            url_auth: auth.to_string(),
+            private_access: req
+                .url_settings
+                .as_ref()
+                .and_then(|u| u.private_access.clone()),
+            labels: serde_json::to_string(&req.labels.unwrap_or_default())
+                .map_err(ApiError::internal)?,
+            config: serde_json::to_string(&req.config.unwrap_or_default())
+                .map_err(ApiError::internal)?,
+            environment: serde_json::to_string(&req.environment.unwrap_or_default())
+                .map_err(ApiError::internal)?,
+            created_at: now,
+            updated_at: now,
+            last_running_at: None,
+            last_warming_at: None,
+            last_started_at: None,
+            last_active_at: None,
+        };
+        let mut rec = self
+            .store
+            .with(move |c| store::insert_sprite(c, rec))
+            .await?;
+        if let Err(e) = self.boot(&rec).await {
+            // Leave nothing behind: the name stays free for a retry.
+            let _ = self.runtime.destroy(&self.spec(&rec)).await;
+            let id = rec.id.clone();
+            let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;
+            let _ = std::fs::remove_dir_all(self.cfg.sprite_dir(&rec.id));
+            return Err(e);
+        }
+        let now = now_ms();
+        rec.last_started_at = Some(now);
+        rec.last_running_at = Some(now);
+        let saved = rec.clone();
+        self.store
+            .with(move |c| store::update_sprite(c, &saved))
+            .await?;
+        Ok(self.to_api(org, &rec).await)
+    }
+
+    /// Makes sure the disk exists (a crash may have come between record and disk) and boots.
+    async fn boot(&self, rec: &SpriteRecord) -> Result<(), ApiError> {
+        let spec = self.spec(rec);
+        if !spec.disk.exists() {
+            let disks = self.disks.clone();
+            let disk = spec.disk.clone();
+            tokio::task::spawn_blocking(move || disks.create(&disk))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+        }
+        self.runtime.ensure_running(&spec).await?;
+        Ok(())
+    }
+
+    /// Opens a stream to the agent of `name`, waking the sprite.
+    pub async fn connect(&self, org: &Org, name: &str) -> Result<AgentStream, ApiError> {
+        let rec = self.find(org, name).await?;
+        let spec = self.spec(&rec);
+        if self.runtime.state(&spec).await != State::Running {
+            self.boot(&rec).await?;
+        }
+        Ok(self.runtime.connect(&spec).await?)
+    }
+
+    /// Lists a page of sprites.
+    pub async fn list(
+        &self,
+        org: &Org,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<api::Sprite>, bool), ApiError> {
+        let org_id = org.id.clone();
+        let mut recs = self
+            .store
+            .with(move |c| store::list_sprites(c, &org_id, &prefix, after.as_deref(), limit + 1))
+            .await?;
+        let more = recs.len() > limit;
+        recs.truncate(limit);
+        let mut out = Vec::with_capacity(recs.len());
+        for r in &recs {
+            out.push(self.to_api(org, r).await);
+        }
+        Ok((out, more))
+    }
+
+    /// Counts of an org's sprites by status.
+    pub async fn counts(&self, org: &Org) -> Result<(u64, u64, u64), ApiError> {
+        let org_id = org.id.clone();
+        let recs = self
+            .store
+            .with(move |c| store::list_sprites(c, &org_id, "", None, usize::MAX >> 1))
+            .await?;
+        let (mut r, mut w, mut c) = (0, 0, 0);
+        for rec in &recs {
+            match self.runtime.state(&self.spec(rec)).await {
+                State::Running => r += 1,
+                State::Warm => w += 1,
+                State::Cold => c += 1,
+            }
+        }
+        Ok((r, w, c))
+    }
+
+    /// Applies a partial update.
+    pub async fn update(
+        &self,
+        org: &Org,
+        name: &str,
+        req: api::UpdateSpriteRequest,
+    ) -> Result<api::Sprite, ApiError> {
+        let mut rec = self.find(org, name).await?;
+        if let Some(u) = req.url_settings {
+            if let Some(a) = u.auth {
+                rec.url_auth =
+                    match a.as_str() {
+                        "sprite" | "default" => "sprite".into(),
+                        "public" => "public".into(),
+                        other => return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "url_settings.auth must be \"sprite\" or \"public\", not {other:?}"
+                            ),
+                        )),
+                    };
+            }
+            if u.private_access.is_some() {
+                rec.private_access = u.private_access;
+            }
+        }
+        if req.clear_labels == Some(true) {
+            rec.labels = "[]".into();
+        }
+        if let Some(l) = req.labels {
+            rec.labels = serde_json::to_string(&l).map_err(ApiError::internal)?;
+        }
+        rec.updated_at = now_ms();
+        let saved = rec.clone();
+        self.store
+            .with(move |c| store::update_sprite(c, &saved))
+            .await?;
+        Ok(self.to_api(org, &rec).await)
+    }
+
+    /// Stops a sprite and removes everything it owns.
+    pub async fn delete(&self, org: &Org, name: &str) -> Result<(), ApiError> {
+        let rec = self.find(org, name).await?;
+        self.runtime.destroy(&self.spec(&rec)).await?;
+        let id = rec.id.clone();
+        self.store
+            .with(move |c| store::delete_sprite(c, &id))
+            .await?;
+        let dir = self.cfg.sprite_dir(&rec.id);
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+            .await
+            .map_err(ApiError::internal)?
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(ApiError::internal)?;
+        Ok(())
+    }
+
+    /// Removes disk directories whose record is gone (a crash between the two deletions).
+    pub fn collect_garbage(&self) -> Result<(), ApiError> {
+        let known: std::collections::HashSet<String> = self
+            .store
+            .blocking(|c| store::all_sprites(c))?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let Ok(dir) = std::fs::read_dir(self.cfg.data_dir.join("sprites")) else {
+            return Ok(());
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sprite-") && !known.contains(&name) {
+                tracing::info!(id = %name, "removing files of a deleted sprite");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,459 @@
+//! The state store: orgs, tokens and sprite records in SQLite (WAL, synchronous=FULL).
+//!
+//! What is persisted is *intent*: which sprites exist, their settings, and who may use them.
+//! Whether a sprite runs is observed from the host at any time and never trusted from here,
+//! so a server killed at any point restarts with every sprite and token intact and simply
+//! re-observes what runs.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// Schema migration failed.
+    #[error("state store migration: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A unique name is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// Capacity exhausted.
+    #[error("{0}")]
+    Full(String),
+    /// The blocking task failed.
+    #[error("state store task: {0}")]
+    Join(String),
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        r#"
+CREATE TABLE orgs (
+    id TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    secret_hash BLOB NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE sprites (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    uid_slot INTEGER NOT NULL UNIQUE,
+    url_auth TEXT NOT NULL DEFAULT 'sprite',
+    private_access TEXT,
+    labels TEXT NOT NULL DEFAULT '[]',
+    config TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_running_at INTEGER,
+    last_warming_at INTEGER,
+    last_started_at INTEGER,
+    last_active_at INTEGER,
+    UNIQUE (org_id, name)
+);
+"#,
+    )])
+}
+
+/// An org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    /// Short random id.
+    pub id: String,
+    /// Human slug.
+    pub slug: String,
+}
+
+/// A stored token (hash only).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// Owning org.
+    pub org: Org,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+}
+
+/// A sprite record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpriteRecord {
+    /// `sprite-<uuid>`.
+    pub id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// Name, unique in the org.
+    pub name: String,
+    /// Index of the sprite's host uid range.
+    pub uid_slot: u32,
+    /// `sprite` or `public`.
+    pub url_auth: String,
+    /// Optional private access setting.
+    pub private_access: Option<String>,
+    /// JSON array.
+    pub labels: String,
+    /// JSON object.
+    pub config: String,
+    /// JSON object.
+    pub environment: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// Unix ms.
+    pub last_running_at: Option<i64>,
+    /// Unix ms.
+    pub last_warming_at: Option<i64>,
+    /// Unix ms.
+    pub last_started_at: Option<i64>,
+    /// Unix ms.
+    pub last_active_at: Option<i64>,
+}
+
+/// Most sprites a host can give distinct uid ranges to.
+pub const MAX_SLOTS: u32 = 50_000;
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const SPRITE_COLS: &str = "id, org_id, name, uid_slot, url_auth, private_access, labels, config, environment, created_at, updated_at, last_running_at, last_warming_at, last_started_at, last_active_at";
+
+fn sprite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
+    Ok(SpriteRecord {
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        name: r.get(2)?,
+        uid_slot: r.get(3)?,
+        url_auth: r.get(4)?,
+        private_access: r.get(5)?,
+        labels: r.get(6)?,
+        config: r.get(7)?,
+        environment: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        last_running_at: r.get(11)?,
+        last_warming_at: r.get(12)?,
+        last_started_at: r.get(13)?,
+        last_active_at: r.get(14)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// Synchronous access, for CLI subcommands and startup.
+    pub fn blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c)
+    }
+}
+
+/// Number of orgs.
+pub fn org_count(c: &Connection) -> Result<u64> {
+    Ok(c.query_row("SELECT COUNT(*) FROM orgs", [], |r| r.get(0))?)
+}
+
+/// The org with `slug`, if any.
+pub fn org_by_slug(c: &Connection, slug: &str) -> Result<Option<Org>> {
+    Ok(
+        c.query_row("SELECT id, slug FROM orgs WHERE slug = ?1", [slug], |r| {
+            Ok(Org {
+                id: r.get(0)?,
+                slug: r.get(1)?,
+            })
+        })
+        .optional()?,
+    )
+}
+
+/// Inserts an org.
+pub fn insert_org(c: &Connection, org: &Org) -> Result<()> {
+    c.execute(
+        "INSERT INTO orgs (id, slug, created_at) VALUES (?1, ?2, ?3)",
+        params![org.id, org.slug, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Inserts a token hash.
+pub fn insert_token(
+    c: &Connection,
+    id: &str,
+    org_id: &str,
+    hash: &[u8],
+    description: &str,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO tokens (id, org_id, secret_hash, description, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, org_id, hash, description, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Looks up a token by id.
+pub fn token(c: &Connection, id: &str) -> Result<Option<TokenRecord>> {
+    Ok(c
+        .query_row(
+            "SELECT t.secret_hash, o.id, o.slug FROM tokens t JOIN orgs o ON o.id = t.org_id WHERE t.id = ?1",
+            [id],
+            |r| {
+                Ok(TokenRecord {
+                    secret_hash: r.get(0)?,
+                    org: Org { id: r.get(1)?, slug: r.get(2)? },
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Inserts a sprite, choosing the lowest free uid slot. `Conflict` if the name is taken.
+pub fn insert_sprite(c: &mut Connection, mut rec: SpriteRecord) -> Result<SpriteRecord> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sprites WHERE org_id = ?1 AND name = ?2)",
+        params![rec.org_id, rec.name],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Err(StoreError::Conflict(format!(
+            "sprite {:?} already exists",
+            rec.name
+        )));
+    }
+    let slot: u32 = tx.query_row(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM sprites WHERE uid_slot = 0) THEN 0 ELSE
+            (SELECT MIN(s.uid_slot + 1) FROM sprites s
+             WHERE NOT EXISTS (SELECT 1 FROM sprites t WHERE t.uid_slot = s.uid_slot + 1)) END",
+        [],
+        |r| r.get(0),
+    )?;
+    if slot >= MAX_SLOTS {
+        return Err(StoreError::Full(format!(
+            "this host holds at most {MAX_SLOTS} sprites"
+        )));
+    }
+    rec.uid_slot = slot;
+    tx.execute(
+        &format!("INSERT INTO sprites ({SPRITE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        params![
+            rec.id,
+            rec.org_id,
+            rec.name,
+            rec.uid_slot,
+            rec.url_auth,
+            rec.private_access,
+            rec.labels,
+            rec.config,
+            rec.environment,
+            rec.created_at,
+            rec.updated_at,
+            rec.last_running_at,
+            rec.last_warming_at,
+            rec.last_started_at,
+            rec.last_active_at
+        ],
+    )?;
+    tx.commit()?;
+    Ok(rec)
+}
+
+/// The sprite `name` of org `org_id`.
+pub fn sprite_by_name(c: &Connection, org_id: &str, name: &str) -> Result<Option<SpriteRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {SPRITE_COLS} FROM sprites WHERE org_id = ?1 AND name = ?2"),
+        params![org_id, name],
+        sprite_row,
+    )
+    .optional()?)
+}
+
+/// Every sprite of every org (startup reconciliation).
+pub fn all_sprites(c: &Connection) -> Result<Vec<SpriteRecord>> {
+    let mut st = c.prepare(&format!("SELECT {SPRITE_COLS} FROM sprites"))?;
+    let rows = st.query_map([], sprite_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A page of an org's sprites whose name starts with `prefix` and sorts after `after`.
+pub fn list_sprites(
+    c: &Connection,
+    org_id: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SpriteRecord>> {
+    let pattern = format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let mut st = c.prepare(&format!(
+        "SELECT {SPRITE_COLS} FROM sprites WHERE org_id = ?1 AND name LIKE ?2 ESCAPE '\\' AND name > ?3 ORDER BY name LIMIT ?4"
+    ))?;
+    let rows = st.query_map(
+        params![
+            org_id,
+            pattern,
+            after.unwrap_or(""),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        sprite_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Saves the mutable fields of a sprite.
+pub fn update_sprite(c: &Connection, rec: &SpriteRecord) -> Result<()> {
+    c.execute(
+        "UPDATE sprites SET url_auth = ?2, private_access = ?3, labels = ?4, updated_at = ?5,
+            last_running_at = ?6, last_warming_at = ?7, last_started_at = ?8, last_active_at = ?9
+         WHERE id = ?1",
+        params![
+            rec.id,
+            rec.url_auth,
+            rec.private_access,
+            rec.labels,
+            rec.updated_at,
+            rec.last_running_at,
+            rec.last_warming_at,
+            rec.last_started_at,
+            rec.last_active_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Deletes a sprite record.
+pub fn delete_sprite(c: &Connection, id: &str) -> Result<()> {
+    c.execute("DELETE FROM sprites WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str) -> SpriteRecord {
+        SpriteRecord {
+            id: format!("sprite-{name}"),
+            org_id: "o1".into(),
+            name: name.into(),
+            uid_slot: 0,
+            url_auth: "sprite".into(),
+            private_access: None,
+            labels: "[]".into(),
+            config: "{}".into(),
+            environment: "{}".into(),
+            created_at: 1,
+            updated_at: 1,
+            last_running_at: None,
+            last_warming_at: None,
+            last_started_at: None,
+            last_active_at: None,
+        }
+    }
+
+    #[test]
+    fn slots_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.blocking(|c| {
+            insert_org(
+                c,
+                &Org {
+                    id: "o1".into(),
+                    slug: "personal".into(),
+                },
+            )?;
+            let a = insert_sprite(c, rec("a"))?;
+            let b = insert_sprite(c, rec("b"))?;
+            let cc = insert_sprite(c, rec("c"))?;
+            assert_eq!((a.uid_slot, b.uid_slot, cc.uid_slot), (0, 1, 2));
+            assert!(matches!(
+                insert_sprite(c, rec("a")),
+                Err(StoreError::Conflict(_))
+            ));
+            delete_sprite(c, &b.id)?;
+            assert_eq!(
+                insert_sprite(c, rec("d"))?.uid_slot,
+                1,
+                "freed slot is reused"
+            );
+            delete_sprite(c, &a.id)?;
+            assert_eq!(insert_sprite(c, rec("e"))?.uid_slot, 0);
+            let page = list_sprites(c, "o1", "", None, 2)?;
+            assert_eq!(
+                page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                ["c", "d"]
+            );
+            let next = list_sprites(c, "o1", "", Some("d"), 2)?;
+            assert_eq!(
+                next.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                ["e"]
+            );
+            assert_eq!(
+                list_sprites(c, "o1", "_", None, 10)?.len(),
+                0,
+                "LIKE wildcards are escaped"
+            );
+            Ok(())
+        })
+        .unwrap();
+        // Reopening keeps everything.
+        drop(s);
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(s.blocking(|c| all_sprites(c)).unwrap().len(), 3);
+    }
+}

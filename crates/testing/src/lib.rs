@@ -1,0 +1,289 @@
+//! Test harness: starts a real `spritesd` (real namespaces, real SQLite, real sockets) on a
+//! free port with a temporary data dir, and tears down every sprite it made.
+//!
+//! The base image is shared between tests (building it takes a minute): it lives in
+//! `$SPRITES_TEST_IMAGE_DIR`, default `/var/cache/sprites/images`, and is built on first use
+//! under a file lock so parallel tests build it once.
+//!
+//! Only for tests: production code never depends on this crate.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Directory holding `spritesd`, `sprite-agent` and `sprite`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SPRITES_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // Test executables live in target/<profile>/deps.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Shared base image directory.
+pub fn image_dir() -> PathBuf {
+    std::env::var("SPRITES_TEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/var/cache/sprites/images"))
+}
+
+/// Builds the shared image once.
+pub fn ensure_image() -> Result<()> {
+    let dir = image_dir();
+    std::fs::create_dir_all(&dir)?;
+    if dir.join("base/image.json").exists() {
+        return Ok(());
+    }
+    let lock = std::fs::File::create(dir.join(".build.lock"))?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking image dir: {e}"))?;
+    if dir.join("base/image.json").exists() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let st = Command::new(bin_dir().join("spritesd"))
+        .args(["image", "build", "--data-dir"])
+        .arg(tmp.path())
+        .arg("--image-dir")
+        .arg(&dir)
+        .status()?;
+    if !st.success() {
+        bail!("building the base image failed");
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `spritesd` and its data dir.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Admin token of org `personal`.
+    pub token: String,
+    /// Data dir (kept across restarts of the same server).
+    pub data_dir: PathBuf,
+    /// Home of CLI invocations.
+    pub home: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data dir.
+    pub fn start() -> Result<Self> {
+        ensure_image()?;
+        // Short path: agent socket paths must fit in 108 bytes.
+        let tmp = tempfile::Builder::new().prefix("sp").tempdir_in("/tmp")?;
+        let data_dir = tmp.path().join("d");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home)?;
+        let port = free_port();
+        let mut s = TestServer {
+            url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            data_dir,
+            home,
+            port,
+            child: None,
+            _tmp: tmp,
+        };
+        s.spawn()?;
+        s.token = std::fs::read_to_string(s.data_dir.join("admin-token"))?
+            .trim()
+            .to_string();
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join("spritesd.log"))?;
+        let child = Command::new(bin_dir().join("spritesd"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--image-dir")
+            .arg(image_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting spritesd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("spritesd exited early ({st}):\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("spritesd did not listen in time:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("spritesd.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` the server (sprites keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the server and wait for it to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> Result<bool> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(true);
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )?;
+        Ok(c.wait()?.success())
+    }
+
+    /// Starts the server again on the same data dir and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// A `sprite` CLI command pointed at this server with its own HOME.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("sprite"));
+        c.env("HOME", &self.home)
+            .env("SPRITES_API_URL", &self.url)
+            .env_remove("SPRITE_TOKEN")
+            .env_remove("SPRITE_ORG")
+            .current_dir(&self.home);
+        c
+    }
+
+    /// Runs the CLI with `args` and returns its output.
+    pub fn run_cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.cli().args(args).stdin(Stdio::null()).output()?)
+    }
+
+    /// Creates a token for `org` with `spritesd token create`.
+    pub fn create_token(&self, org: &str) -> Result<String> {
+        let out = Command::new(bin_dir().join("spritesd"))
+            .args(["token", "create", "--org", org, "--data-dir"])
+            .arg(&self.data_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stdout = String::from_utf8(out.stdout)?;
+        Ok(stdout.lines().last().unwrap_or_default().trim().to_string())
+    }
+
+    /// Pids of every process of this server's sprites (launchers included).
+    pub fn sprite_pids(&self) -> Vec<i32> {
+        let needle = self.data_dir.join("run");
+        let needle = needle.as_os_str().as_encoded_bytes().to_vec();
+        let mut pids = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Kills every sprite this server started, by cgroup, and waits for their launchers.
+    fn kill_sprites(&self) {
+        let instance = instance_name(&self.data_dir);
+        for ctrl in ["", "freezer/", "memory/", "pids/"] {
+            let dir = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}sprites/{instance}"));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if ctrl == "freezer/" {
+                    let _ = std::fs::write(e.path().join("freezer.state"), "THAWED");
+                }
+                let _ = std::fs::write(e.path().join("cgroup.freeze"), "0");
+                if let Ok(procs) = std::fs::read_to_string(e.path().join("cgroup.procs")) {
+                    for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.sprite_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for ctrl in ["", "freezer/", "memory/", "pids/"] {
+            let dir = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}sprites/{instance}"));
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// Same naming as the server's `Config::instance`.
+pub fn instance_name(data_dir: &Path) -> String {
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("d{:08x}", h as u32)
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_sprites();
+    }
+}

@@ -37,8 +37,58 @@ async fn serve() -> anyhow::Result<()> {
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    ensure_hosts_entry();
+    if let Err(e) = loopback_up() {
+        tracing::warn!("bringing up loopback: {e}");
+    }
     tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
     axum::serve(listener, router()).await?;
+    Ok(())
+}
+
+/// Makes the sprite's host name resolve locally (sudo and many tools look it up).
+fn ensure_hosts_entry() {
+    let Ok(host) = nix::unistd::gethostname() else {
+        return;
+    };
+    let host = host.to_string_lossy().into_owned();
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let known = hosts.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        l.split_whitespace().skip(1).any(|n| n == host)
+    });
+    if !known {
+        let mut text = hosts;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("127.0.1.1 {host}\n"));
+        if let Err(e) = std::fs::write("/etc/hosts", text) {
+            tracing::warn!("updating /etc/hosts: {e}");
+        }
+    }
+}
+
+/// Brings up `lo` in the sprite's network namespace (`ip link set lo up`).
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: valid socket fd and a properly initialised ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 

@@ -250,17 +250,18 @@ impl Sprites {
         let mut rec = self.find(org, name).await?;
         if let Some(u) = req.url_settings {
             if let Some(a) = u.auth {
-                rec.url_auth =
-                    match a.as_str() {
-                        "sprite" | "default" => "sprite".into(),
-                        "public" => "public".into(),
-                        other => return Err(ApiError::new(
+                rec.url_auth = match a.as_str() {
+                    "sprite" | "default" => "sprite".into(),
+                    "public" => "public".into(),
+                    other => {
+                        return Err(ApiError::new(
                             ErrorCode::BadRequest,
                             format!(
                                 "url_settings.auth must be \"sprite\" or \"public\", not {other:?}"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
             }
             if u.private_access.is_some() {
                 rec.private_access = u.private_access;
@@ -278,6 +279,21 @@ impl Sprites {
             .with(move |c| store::update_sprite(c, &saved))
             .await?;
         Ok(self.to_api(org, &rec).await)
+    }
+
+    /// Stops the sprite's processes and boots it again; the disk is kept.
+    pub async fn restart(&self, org: &Org, name: &str) -> Result<SpriteRecord, ApiError> {
+        let mut rec = self.find(org, name).await?;
+        self.runtime.stop(&self.spec(&rec)).await?;
+        self.boot(&rec).await?;
+        let now = now_ms();
+        rec.last_started_at = Some(now);
+        rec.last_running_at = Some(now);
+        let saved = rec.clone();
+        self.store
+            .with(move |c| store::update_sprite(c, &saved))
+            .await?;
+        Ok(rec)
     }
 
     /// Stops a sprite and removes everything it owns.

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(sprites::delete),
         )
         .route("/sprites/{name}/exec", post(forward::exec_post))
+        .route("/sprites/{name}/restart", post(sprites::restart))
         .route(
             "/sprites/{name}/control",
             any(|| async {

@@ -74,6 +74,20 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/sprites/{name}/restart`: stop every process and boot again. The disk stays.
+pub async fn restart(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.restart(&org, &name).await?;
+    Ok(Json(serde_json::json!({
+        "sprite_name": rec.name,
+        "machine_id": rec.id,
+        "message": "sprite restarted",
+    })))
+}
+
 #[derive(serde::Deserialize, serde::Serialize)]
 struct Continuation {
     last: String,

@@ -262,6 +262,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         tracing::info!(addr = %cfg.listen, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
+        // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("spritesd stopped; sprites keep running and are adopted on the next start");
         anyhow::Ok(())

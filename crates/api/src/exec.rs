@@ -131,11 +131,7 @@ impl ExecRequest {
                             .map_err(|_| format!("invalid output_offset: {v:?}"))?,
                     )
                 }
-                "detachable" | "cc" => {
-                    if parse_bool(k, v)? {
-                        r.legacy_flags.push(k.to_string())
-                    }
-                }
+                "detachable" | "cc" if parse_bool(k, v)? => r.legacy_flags.push(k.to_string()),
                 _ => {}
             }
         }
@@ -198,7 +194,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn secs_to_duration(secs: f64, s: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(format!("invalid duration {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -418,26 +418,24 @@ fn prepare_root(root: &Path, agent_bin: &Path, base: u32) -> Res<()> {
         Some(bin_opts.as_str()),
     )
     .map_err(ctx("mounting /.sprite/bin"))?;
-    for name in ["sprite-agent"] {
-        let target = bin.join(name);
-        File::create(&target).map_err(ctx("creating agent file"))?;
-        mount(
-            Some(agent_bin),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(ctx("binding agent"))?;
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(ctx("making agent read-only"))?;
-    }
+    let target = bin.join("sprite-agent");
+    File::create(&target).map_err(ctx("creating agent file"))?;
+    mount(
+        Some(agent_bin),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(ctx("binding agent"))?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(ctx("making agent read-only"))?;
     Ok(())
 }
 

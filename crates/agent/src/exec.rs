@@ -96,6 +96,16 @@ pub fn command(req: &ExecRequest) -> tokio::process::Command {
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
+            // Undo the agent's OOM protection for user programs (raising is always allowed).
+            // Raw libc calls: no allocation between fork and exec.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(nix::unistd::Gid::from_raw(SPRITE_GID))?;
             nix::unistd::setuid(nix::unistd::Uid::from_raw(SPRITE_UID))?;

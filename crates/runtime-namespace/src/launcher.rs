@@ -239,6 +239,12 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     let listen_fd: OwnedFd = listener.into();
     let devnull_fd: OwnedFd = devnull.into();
 
+    // The OOM killer should pick the sprite's programs, not its launcher or agent (which
+    // inherit this); the agent puts the programs it starts back to 0.
+    // Best effort: lowering it needs CAP_SYS_RESOURCE, which some hosts withhold.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-900") {
+        eprintln!("warning: cannot protect the agent from the OOM killer: {e}");
+    }
     let (log_r, log_w) = pipe()?;
     let (c2l_r, c2l_w) = pipe()?;
     let (l2c_r, l2c_w) = pipe()?;
@@ -273,6 +279,7 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
             .map_err(ctx("opening user namespace"))?
             .into();
         cgroup.add(child.as_raw()).map_err(ctx("joining cgroup"))?;
+
         crate::idmap::mount_idmapped(&cfg.base_rootfs, &paths.lower, &userns)
             .map_err(ctx("idmapped mount of the base image (needs Linux >= 5.19 and a filesystem that supports idmapped mounts)"))?;
         let opts = format!(

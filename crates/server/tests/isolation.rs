@@ -124,3 +124,55 @@ async fn sprites_are_isolated_from_each_other_and_the_host() {
         .await;
     assert!(!o.stdout.contains("agent.sock"), "{o:?}");
 }
+
+#[tokio::test]
+async fn cgroup_limits_apply() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    let (st, v) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/sprites",
+            Some(serde_json::json!({"name": "small", "config": {"ram_mb": 64}})),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
+    assert_eq!(v["config"]["ram_mb"], 64);
+    let id = v["id"].as_str().unwrap();
+    let instance = sprites_testing::instance_name(&s.data_dir);
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (mem, pids) = if v2 {
+        (
+            format!("/sys/fs/cgroup/sprites/{instance}/{id}/memory.max"),
+            format!("/sys/fs/cgroup/sprites/{instance}/{id}/pids.max"),
+        )
+    } else {
+        (
+            format!("/sys/fs/cgroup/memory/sprites/{instance}/{id}/memory.limit_in_bytes"),
+            format!("/sys/fs/cgroup/pids/sprites/{instance}/{id}/pids.max"),
+        )
+    };
+    assert_eq!(
+        std::fs::read_to_string(mem).unwrap().trim(),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "4096");
+    // Allocating past the limit gets the process killed, not the host's memory.
+    let o = api
+        .exec(
+            "small",
+            &[
+                "python3",
+                "-c",
+                "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096]); print('survived')",
+            ],
+        )
+        .await;
+    assert!(!o.stdout.contains("survived"), "{o:?}");
+    assert_ne!(o.code, Some(0));
+    // The sprite itself keeps working.
+    assert_eq!(
+        api.exec("small", &["echo", "alive"]).await.stdout,
+        "alive\n"
+    );
+}

@@ -1,6 +1,7 @@
 //! Exec: starting commands as the sprite user and streaming their output as exec frames.
 
 use std::os::unix::process::CommandExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -12,10 +13,11 @@ use futures::StreamExt;
 use sprites_agent_protocol::{
     FRAMING_HEADER, FRAMING_LENGTH_PREFIXED, SPRITE_GID, SPRITE_HOME, SPRITE_UID,
 };
-use sprites_api::exec::{self as frames, ExecRequest, STREAM_EXIT, STREAM_STDERR, STREAM_STDOUT};
+use sprites_api::exec::{self as frames, ExecRequest, STREAM_EXIT};
 use sprites_api::ErrorCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+use crate::session::{Input, Registry, Session};
 
 use crate::server::error;
 
@@ -25,11 +27,6 @@ const PACED_FRAME_MAX: usize = 12 * 1024;
 const PACE: Duration = Duration::from_millis(12);
 /// How long output of one stream is gathered into one paced frame.
 const GATHER: Duration = Duration::from_millis(8);
-/// How long to keep reading pipes after the process exited (background children may hold
-/// them open forever).
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
-/// How long a command may outlive an HTTP client that went away.
-const DEFAULT_MAX_RUN_AFTER_DISCONNECT: Duration = Duration::from_secs(10);
 
 /// Something the process did.
 #[derive(Debug)]
@@ -80,6 +77,7 @@ fn sprite_groups() -> Vec<nix::unistd::Gid> {
 /// Builds the command for a request: the sprite user, its home, its environment, its own
 /// session (so signals can reach the whole process group).
 pub fn command(req: &ExecRequest) -> tokio::process::Command {
+    let tty = req.tty;
     let argv = req.argv();
     let mut cmd = std::process::Command::new(req.program());
     cmd.arg0(&argv[0]).args(&argv[1..]);
@@ -105,6 +103,12 @@ pub fn command(req: &ExecRequest) -> tokio::process::Command {
             if fd >= 0 {
                 libc::write(fd, b"0".as_ptr().cast(), 1);
                 libc::close(fd);
+            }
+            if tty {
+                // Make the PTY (already on fd 0) the controlling terminal of the new session.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(nix::unistd::Gid::from_raw(SPRITE_GID))?;
@@ -138,8 +142,13 @@ pub fn spawn_failure(req: &ExecRequest, e: &std::io::Error) -> (u8, String) {
     }
 }
 
-/// `POST /exec` (§3.5): non-TTY, stdin from the request body, framed output.
-pub async fn http_exec(query: Vec<(String, String)>, req: Request) -> Response {
+/// `POST /exec` (§3.5): non-TTY, stdin from the request body, framed output. The exec is a
+/// session like any other; the HTTP client is one attached reader of it.
+pub async fn http_exec(
+    reg: &Arc<Registry>,
+    query: Vec<(String, String)>,
+    req: Request,
+) -> Response {
     let parsed = match ExecRequest::from_pairs(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     {
         Ok(r) => r,
@@ -156,43 +165,22 @@ pub async fn http_exec(query: Vec<(String, String)>, req: Request) -> Response {
         .get(FRAMING_HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(FRAMING_LENGTH_PREFIXED));
-    let (events_tx, events_rx) = mpsc::channel::<Event>(64);
-    let mut cmd = command(&parsed);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd.stdin(if parsed.stdin {
-        std::process::Stdio::piped()
-    } else {
-        std::process::Stdio::null()
-    });
-    match cmd.spawn() {
-        Ok(mut child) => {
-            if let Some(mut stdin) = child.stdin.take() {
-                let mut body = req.into_body().into_data_stream();
-                tokio::spawn(async move {
-                    while let Some(Ok(chunk)) = body.next().await {
-                        if stdin.write_all(&chunk).await.is_err() {
-                            break;
-                        }
-                    }
-                    // Dropping stdin closes it: EOF for the process.
-                });
+    let session = crate::spawn::start(reg, &parsed);
+    session.attach();
+    if parsed.stdin {
+        let input = session.input.clone();
+        let mut body = req.into_body().into_data_stream();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = body.next().await {
+                if input.send(Input::Data(chunk)).await.is_err() {
+                    return;
+                }
             }
-            let limit = parsed
-                .max_run_after_disconnect
-                .unwrap_or(DEFAULT_MAX_RUN_AFTER_DISCONNECT);
-            tokio::spawn(run_child(child, events_tx, limit));
-        }
-        Err(e) => {
-            let (code, msg) = spawn_failure(&parsed, &e);
-            tokio::spawn(async move {
-                let _ = events_tx
-                    .send(Event::Output(STREAM_STDERR, Bytes::from(msg)))
-                    .await;
-                let _ = events_tx.send(Event::Exit(code)).await;
-            });
-        }
+            let _ = input.send(Input::Eof).await;
+        });
     }
+    let (events_tx, events_rx) = mpsc::channel::<Event>(16);
+    tokio::spawn(feed(session, events_tx));
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     if length_prefixed {
         tokio::spawn(write_length_prefixed(events_rx, body_tx));
@@ -211,67 +199,39 @@ pub async fn http_exec(query: Vec<(String, String)>, req: Request) -> Response {
     resp
 }
 
-fn tokio_stream_from<T: Send + 'static>(
+/// Turns a session's output into events for one reader, from the start of its output.
+/// Ends the reader's attachment when the reader goes away.
+async fn feed(session: Arc<Session>, tx: mpsc::Sender<Event>) {
+    let mut changes = session.watch();
+    let mut cursor = session.start_offset();
+    loop {
+        let (chunks, next, exit) = session.read_from(cursor);
+        cursor = next;
+        for c in chunks {
+            if tx.send(Event::Output(c.stream, c.data)).await.is_err() {
+                session.detach();
+                return;
+            }
+        }
+        if let Some(code) = exit {
+            if session.read_from(cursor).0.is_empty() {
+                let _ = tx.send(Event::Exit(code)).await;
+                session.detach();
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { session.detach(); return },
+            _ = tx.closed() => { session.detach(); return }
+        }
+    }
+}
+
+pub fn tokio_stream_from<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Reads the child's output into events, then its exit. If nobody listens any more the
-/// output is drained and the process gets `limit` to finish before its group is killed.
-async fn run_child(mut child: tokio::process::Child, tx: mpsc::Sender<Event>, limit: Duration) {
-    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(pump(s, STREAM_STDOUT, tx.clone())));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(pump(s, STREAM_STDERR, tx.clone())));
-    let watchdog = {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            tx.closed().await;
-            tokio::time::sleep(limit).await;
-            if let Some(pg) = pgid {
-                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::SIGKILL);
-            }
-        })
-    };
-    let status = child.wait().await;
-    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
-    for task in [out, err].into_iter().flatten() {
-        let abort = task.abort_handle();
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            abort.abort();
-        }
-    }
-    watchdog.abort();
-    let code = match status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            frames::exit_byte(s.code(), s.signal())
-        }
-        Err(_) => 255,
-    };
-    let _ = tx.send(Event::Exit(code)).await;
-}
-
-async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: u8, tx: mpsc::Sender<Event>) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                // A closed channel means the client left; keep draining so the process
-                // never blocks on a full pipe.
-                let _ = tx
-                    .send(Event::Output(stream, Bytes::copy_from_slice(&buf[..n])))
-                    .await;
-            }
-        }
-    }
 }
 
 /// `[stream u8][len u32 BE][data]`, written as soon as it exists.

@@ -11,6 +11,9 @@
 mod exec;
 mod init;
 mod server;
+mod session;
+mod spawn;
+mod ws;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -3,13 +3,17 @@
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-use axum::extract::{Query, Request};
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sprites_agent_protocol::{AgentInfo, INFO_PATH, LISTEN_FD, PROTOCOL_VERSION, SHUTDOWN_PATH};
 use sprites_api::{ErrorBody, ErrorCode};
+
+use crate::session::Registry;
 
 /// Runs the agent server until shutdown. Never returns normally.
 pub fn main() {
@@ -95,11 +99,15 @@ fn loopback_up() -> std::io::Result<()> {
 /// The routes the agent serves. Public paths match the per-sprite API with the
 /// `/v1/sprites/{name}` prefix removed.
 pub fn router() -> Router {
+    let sessions = Arc::new(Registry::default());
     Router::new()
         .route(INFO_PATH, get(info))
         .route(SHUTDOWN_PATH, post(shutdown))
-        .route("/exec", post(http_exec))
+        .route("/exec", post(http_exec).get(crate::ws::get_exec))
+        .route("/exec/{id}", get(crate::ws::attach))
+        .route("/exec/{id}/kill", post(crate::ws::kill))
         .fallback(|| async { error(ErrorCode::NotFound, "no such route in the sprite") })
+        .with_state(sessions)
 }
 
 /// A JSON error response in the public shape.
@@ -153,6 +161,10 @@ fn others_alive() -> bool {
         .unwrap_or(false)
 }
 
-async fn http_exec(Query(q): Query<Vec<(String, String)>>, req: Request) -> Response {
-    crate::exec::http_exec(q, req).await
+async fn http_exec(
+    State(reg): State<Arc<Registry>>,
+    Query(q): Query<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    crate::exec::http_exec(&reg, q, req).await
 }

@@ -261,7 +261,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
-        tracing::info!(addr = %cfg.listen, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
+        // With port 0 the kernel picks one; tools read the real address from this file.
+        let addr = listener.local_addr()?;
+        std::fs::write(cfg.data_dir.join("spritesd.addr"), addr.to_string())?;
+        tracing::info!(%addr, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
         // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

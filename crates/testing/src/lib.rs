@@ -7,7 +7,6 @@
 //!
 //! Only for tests: production code never depends on this crate.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,13 +61,6 @@ pub fn ensure_image() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A running `spritesd` and its data dir.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
@@ -93,13 +85,12 @@ impl TestServer {
         let data_dir = tmp.path().join("d");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home)?;
-        let port = free_port();
         let mut s = TestServer {
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             token: String::new(),
             data_dir,
             home,
-            port,
+            port: 0,
             child: None,
             _tmp: tmp,
         };
@@ -115,6 +106,8 @@ impl TestServer {
             .create(true)
             .append(true)
             .open(self._tmp.path().join("spritesd.log"))?;
+        let addr_file = self.data_dir.join("spritesd.addr");
+        let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(bin_dir().join("spritesd"))
             .arg("serve")
             .arg("--data-dir")
@@ -131,7 +124,11 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // The server writes its bound address once it listens (port 0 = any free port).
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                let addr: std::net::SocketAddr = addr.trim().parse()?;
+                self.port = addr.port();
+                self.url = format!("http://{addr}");
                 return Ok(());
             }
             if let Some(c) = self.child.as_mut() {
@@ -142,7 +139,7 @@ impl TestServer {
             if Instant::now() > deadline {
                 bail!("spritesd did not listen in time:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

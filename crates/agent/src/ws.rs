@@ -1,0 +1,352 @@
+//! WebSocket exec and attach (§3.1, §3.2), session list (§3.3) and kill (§3.4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use sprites_api::exec::{ExecRequest, STREAM_EXIT, STREAM_STDIN, STREAM_STDIN_EOF};
+use sprites_api::{ErrorCode, CAPABILITIES_HEADER};
+use tokio::sync::mpsc;
+
+use crate::server::error;
+use crate::session::{Input, Registry, Session};
+
+/// Silence after which a keepalive text message is sent (the JS client gives up at 45 s).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Largest binary frame sent to a client.
+const WS_FRAME_MAX: usize = 32 * 1024;
+
+fn is_upgrade(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// `GET /exec`: a WebSocket exec (or legacy `?id=` attach) when upgrading, else the list.
+pub async fn get_exec(
+    State(reg): State<Arc<Registry>>,
+    Query(q): Query<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    if !is_upgrade(&req) {
+        let sessions: Vec<serde_json::Value> = reg.all().iter().map(|s| s.summary()).collect();
+        let count = sessions.len();
+        return Json(json!({ "sessions": sessions, "count": count })).into_response();
+    }
+    let parsed = match ExecRequest::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::BadRequest, e),
+    };
+    upgrade(reg, parsed, req).await
+}
+
+/// `GET /exec/{id}`: attach.
+pub async fn attach(
+    State(reg): State<Arc<Registry>>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    let mut parsed = match ExecRequest::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::BadRequest, e),
+    };
+    parsed.id = Some(id);
+    upgrade(reg, parsed, req).await
+}
+
+async fn upgrade(reg: Arc<Registry>, parsed: ExecRequest, req: Request) -> Response {
+    let (session, owner) = match &parsed.id {
+        Some(id) => match reg.get(id) {
+            Some(s) => (s, false),
+            None => return error(ErrorCode::NotFound, "exec session not found"),
+        },
+        None => (crate::spawn::start(&reg, &parsed), true),
+    };
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(w) => w,
+        Err(e) => return error(ErrorCode::BadRequest, format!("WebSocket upgrade: {e}")),
+    };
+    let start = match parsed.output_offset {
+        Some(off) => off.max(session.start_offset()),
+        None => session.start_offset(),
+    };
+    let stdin = parsed.stdin || parsed.id.is_some();
+    let mut resp = ws
+        .max_message_size(16 << 20)
+        .on_upgrade(move |socket| client(socket, session, start, owner, stdin));
+    resp.headers_mut()
+        .insert(CAPABILITIES_HEADER, HeaderValue::from_static("signal"));
+    resp
+}
+
+/// Serves one WebSocket client of a session until the process ends or the client leaves.
+async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool, stdin: bool) {
+    s.attach();
+    let (mut tx, mut rx) = socket.split();
+    let (cols, rows) = s.size();
+    let info = json!({
+        "type": "session_info",
+        "session_id": s.id,
+        "command": s.command,
+        "created": s.created_ms / 1000,
+        "cols": cols,
+        "rows": rows,
+        "is_owner": owner,
+        "tty": s.tty,
+    });
+    if tx
+        .send(Message::Text(info.to_string().into()))
+        .await
+        .is_err()
+    {
+        s.detach();
+        return;
+    }
+    let mut changes = s.watch();
+    let mut last_sent = tokio::time::Instant::now();
+    let mut client_gone = false;
+    loop {
+        let (chunks, next, exit) = s.read_from(cursor);
+        cursor = next;
+        for c in chunks {
+            for part in c.data.chunks(WS_FRAME_MAX) {
+                let frame = if s.tty {
+                    Bytes::copy_from_slice(part)
+                } else {
+                    let mut v = Vec::with_capacity(part.len() + 1);
+                    v.push(c.stream);
+                    v.extend_from_slice(part);
+                    Bytes::from(v)
+                };
+                if tx.send(Message::Binary(frame)).await.is_err() {
+                    client_gone = true;
+                    break;
+                }
+            }
+            if client_gone {
+                break;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+        if client_gone {
+            break;
+        }
+        if let Some(code) = exit {
+            if s.read_from(cursor).0.is_empty() {
+                let exit_msg = if s.tty {
+                    Message::Text(
+                        json!({"type": "exit", "exit_code": code, "code": code})
+                            .to_string()
+                            .into(),
+                    )
+                } else {
+                    Message::Binary(Bytes::copy_from_slice(&[STREAM_EXIT, code]))
+                };
+                let _ = tx.send(exit_msg).await;
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    })))
+                    .await;
+                // Give the client a moment to close its side, then drop the socket.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while rx.next().await.is_some() {}
+                })
+                .await;
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            msg = rx.next() => match msg {
+                Some(Ok(m)) => {
+                    if !handle_client_message(&s, m, stdin).await {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            _ = tokio::time::sleep_until(last_sent + KEEPALIVE) => {
+                if tx.send(Message::Text(json!({"type": "keepalive"}).to_string().into())).await.is_err() {
+                    break;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
+    s.detach();
+}
+
+/// Applies one client message; `false` when the client closed.
+async fn handle_client_message(s: &Session, m: Message, stdin: bool) -> bool {
+    match m {
+        Message::Binary(b) => {
+            s.touch();
+            if s.tty {
+                let _ = s.input.send(Input::Data(b)).await;
+            } else if b.as_ref() == [STREAM_STDIN_EOF] {
+                let _ = s.input.send(Input::Eof).await;
+            } else if b.first() == Some(&b'{') {
+                // The JS control dialect sends resize/signal JSON as binary frames.
+                control(s, &b).await;
+            } else if stdin {
+                let data = if b.first() == Some(&STREAM_STDIN) {
+                    b.slice(1..)
+                } else {
+                    b
+                };
+                if !data.is_empty() {
+                    let _ = s.input.send(Input::Data(data)).await;
+                }
+            }
+            true
+        }
+        Message::Text(t) => {
+            control(s, t.as_bytes()).await;
+            true
+        }
+        Message::Close(_) => false,
+        Message::Ping(_) | Message::Pong(_) => true,
+    }
+}
+
+async fn control(s: &Session, raw: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
+        return;
+    };
+    match v["type"].as_str() {
+        Some("resize") => {
+            let cols = v["cols"].as_u64().and_then(|c| u16::try_from(c).ok());
+            let rows = v["rows"].as_u64().and_then(|r| u16::try_from(r).ok());
+            if let (Some(c), Some(r)) = (cols, rows) {
+                s.resize(c, r);
+            }
+        }
+        Some("signal") => {
+            if let Some(sig) = v["signal"]
+                .as_str()
+                .and_then(sprites_api::signal::parse_signal)
+            {
+                s.signal(sig);
+            }
+        }
+        Some("stdin_eof") => {
+            let _ = s.input.send(Input::Eof).await;
+        }
+        _ => {}
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct KillBody {
+    signal: Option<String>,
+    timeout: Option<serde_json::Value>,
+}
+
+/// `POST /exec/{id}/kill`: signal the process group, wait, escalate; NDJSON events.
+pub async fn kill(
+    State(reg): State<Arc<Registry>>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    let Some(s) = reg.get(&id) else {
+        return error(ErrorCode::NotFound, "exec session not found");
+    };
+    if s.exit().is_some() {
+        return error(ErrorCode::Gone, "exec session already exited");
+    }
+    let b: KillBody = serde_json::from_slice(&body).unwrap_or_default();
+    let find = |k: &str| q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
+    let sig_name = find("signal")
+        .or(b.signal)
+        .unwrap_or_else(|| "SIGTERM".into());
+    let Some(sig) = sprites_api::signal::parse_signal(&sig_name) else {
+        return error(
+            ErrorCode::BadRequest,
+            format!("unknown signal {sig_name:?}"),
+        );
+    };
+    let timeout = match find("timeout").map(serde_json::Value::String).or(b.timeout) {
+        None => Duration::from_secs(10),
+        Some(serde_json::Value::Number(n)) => {
+            Duration::from_secs_f64(n.as_f64().unwrap_or(10.0).max(0.0))
+        }
+        Some(serde_json::Value::String(t)) => match sprites_api::exec::parse_duration(&t) {
+            Ok(d) => d,
+            Err(e) => return error(ErrorCode::BadRequest, e),
+        },
+        Some(_) => return error(ErrorCode::BadRequest, "timeout must be a duration"),
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        let send = |v: serde_json::Value| {
+            let tx = tx.clone();
+            async move {
+                let mut line = v.to_string().into_bytes();
+                line.push(b'\n');
+                let _ = tx.send(Ok(Bytes::from(line))).await;
+            }
+        };
+        let name = sprites_api::signal::signal_name(sig).unwrap_or_else(|| sig.to_string());
+        s.signal(sig);
+        send(json!({"type": "signal", "message": format!("Signaling {name} to process group {}", s.pgid), "signal": name, "pid": s.pgid})).await;
+        if timeout.is_zero() {
+            send(json!({"type": "complete", "exit_code": s.exit()})).await;
+            return;
+        }
+        let mut code = wait_exit(&s, timeout).await;
+        if code.is_none() {
+            send(json!({"type": "timeout", "message": format!("Process did not exit within {timeout:?}; sending SIGKILL")})).await;
+            s.signal(libc::SIGKILL);
+            send(json!({"type": "killed", "message": "Sent SIGKILL"})).await;
+            code = wait_exit(&s, Duration::from_secs(10)).await;
+        }
+        match code {
+            Some(c) => {
+                send(json!({"type": "exited", "message": "Process exited"})).await;
+                send(json!({"type": "complete", "exit_code": c})).await;
+            }
+            None => {
+                send(json!({"type": "error", "message": "process did not exit after SIGKILL"}))
+                    .await
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(crate::exec::tokio_stream_from(rx)))
+        .unwrap_or_default()
+}
+
+async fn wait_exit(s: &Session, limit: Duration) -> Option<u8> {
+    let mut w = s.watch();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(c) = s.exit() {
+            return Some(c);
+        }
+        if tokio::time::timeout_at(deadline, w.changed())
+            .await
+            .is_err()
+        {
+            return s.exit();
+        }
+    }
+}

@@ -1,19 +1,21 @@
 //! Forwarding per-sprite requests to the agent inside the sprite: the sprite is woken, the
 //! `/v1/sprites/{name}` prefix is dropped, and the response streams back unchanged.
+//! WebSocket upgrades are forwarded too: once both sides switched protocols, bytes are
+//! relayed as they are, so frames reach clients exactly as the agent wrote them.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderName};
-use axum::response::Response;
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use hyper_util::rt::TokioIo;
 use sprites_api::ErrorCode;
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::store::Org;
 
-/// Request headers that never go into a sprite: credentials stay outside, hop-by-hop headers
-/// belong to one connection.
+/// Request headers that never go into a sprite: credentials stay outside.
 const DROPPED: &[HeaderName] = &[
     header::AUTHORIZATION,
     header::COOKIE,
@@ -21,15 +23,20 @@ const DROPPED: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 
+fn is_upgrade(req: &Request) -> bool {
+    req.headers().get(header::UPGRADE).is_some()
+}
+
 /// Sends `req` to `agent_path` (with the original query) in sprite `name`.
 pub async fn forward(
     state: &AppState,
     org: &Org,
     name: &str,
     agent_path: &str,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
     let stream = state.connect(org, name).await?;
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let uri = match parts.uri.query() {
         Some(q) => format!("{agent_path}?{q}"),
@@ -47,7 +54,29 @@ pub async fn forward(
     let out = builder
         .body(body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let resp = sprites_runtime::agent::send(stream, out).await?;
+    let mut resp = sprites_runtime::agent::send(stream, out).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ApiError::internal(
+                "agent switched protocols on a plain request",
+            ));
+        };
+        let agent_upgrade = hyper::upgrade::on(&mut resp);
+        let sprite = name.to_string();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, agent_upgrade) {
+                Ok((c, a)) => {
+                    let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut a).await {
+                        tracing::debug!(%sprite, "upgraded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(%sprite, "upgrade failed: {e}"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
     Ok(resp.map(Body::new))
 }
 
@@ -58,4 +87,70 @@ pub async fn exec_post(
     req: Request,
 ) -> Result<Response, ApiError> {
     forward(&s, &org, &name, "/exec", req).await
+}
+
+/// `GET /exec`: session list, or a WebSocket exec (or legacy `?id=` attach).
+pub async fn exec_get(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(&s, &org, &name, "/exec", req).await
+}
+
+/// `HEAD /exec`: answered here (Go probes `Sprite-Version` before attaching); no wake needed.
+pub async fn exec_head(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    s.find(&org, &name).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /exec/{id}`: attach.
+pub async fn exec_attach(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path((name, id)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(
+        &s,
+        &org,
+        &name,
+        &format!("/exec/{}", encode_segment(&id)),
+        req,
+    )
+    .await
+}
+
+/// `POST /exec/{id}/kill`.
+pub async fn exec_kill(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path((name, id)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(
+        &s,
+        &org,
+        &name,
+        &format!("/exec/{}/kill", encode_segment(&id)),
+        req,
+    )
+    .await
+}
+
+/// Percent-encodes a path segment taken from the client before it goes into the agent's URI.
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -34,7 +34,14 @@ pub fn router(state: AppState) -> Router {
                 .put(sprites::update)
                 .delete(sprites::delete),
         )
-        .route("/sprites/{name}/exec", post(forward::exec_post))
+        .route(
+            "/sprites/{name}/exec",
+            post(forward::exec_post)
+                .get(forward::exec_get)
+                .head(forward::exec_head),
+        )
+        .route("/sprites/{name}/exec/{id}", get(forward::exec_attach))
+        .route("/sprites/{name}/exec/{id}/kill", post(forward::exec_kill))
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route(
             "/sprites/{name}/control",

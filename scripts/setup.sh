@@ -19,6 +19,11 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+if ! command -v npm >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
         [ -x "$d/cargo" ] && export PATH="$d:$PATH" && break

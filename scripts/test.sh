@@ -17,3 +17,4 @@ if [ ! -f "$SPRITES_TEST_IMAGE_DIR/base/image.json" ]; then
 fi
 cargo test --workspace --quiet
 SPRITESD_BIN="$PWD/target/debug/spritesd" bash tests/python/run.sh
+(cd tests/js && npm ci --no-audit --no-fund --engine-strict=false --loglevel=error && SPRITESD_BIN="$OLDPWD/target/debug/spritesd" npm test)

@@ -188,6 +188,9 @@ async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool
             }
         }
     }
+    // Complete the closing handshake (answering the client's close, if it sent one) so the
+    // client sees a clean close, not a dropped connection.
+    let _ = tx.close().await;
     s.detach();
 }
 

@@ -605,6 +605,17 @@ fn pid1_setup(fds: &ChildFds, prog: &seccompiler::BpfProgram) -> Res<std::conver
     if rc != 0 {
         return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
+    // The launcher ignores these; ignored dispositions survive exec, so restore them or
+    // every program in the sprite would ignore Ctrl-C and `kill`.
+    for sig in [
+        nix::sys::signal::SIGTERM,
+        nix::sys::signal::SIGINT,
+        nix::sys::signal::SIGHUP,
+    ] {
+        // SAFETY: SIG_DFL has no handler code.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }
+            .map_err(ctx("resetting signals"))?;
+    }
     crate::seccomp::install(prog).map_err(ctx("installing seccomp filter"))?;
     let path = CString::new("/.sprite/bin/sprite-agent").map_err(ctx("agent path"))?;
     let args = [path.clone(), CString::new("init").map_err(ctx("arg"))?];

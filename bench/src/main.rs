@@ -4,12 +4,20 @@
 //! * HTTP exec round trip of `true` (our length-prefixed framing and the official paced one)
 //!   against a plain host fork/exec of `/bin/true`.
 //!
+//! * WebSocket exec round trip of `true` against the same host fork/exec;
+//! * streaming throughput of `cat` of 1 GiB through a session against `cat` of the same file
+//!   on the host into a pipe.
+//!
 //! Run with `cargo run --release -p sprites-bench` (as root; builds the image on first use).
+//! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use futures::StreamExt;
 use sprites_testing::TestServer;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
@@ -114,5 +122,130 @@ async fn main() -> Result<()> {
         "ratio exec/fork-exec (p50): {:.1}x",
         o50.as_secs_f64() / h50.as_secs_f64()
     );
+    ws_benches(&s, &http, &auth, n, h50).await
+}
+
+/// WebSocket exec round trip and streaming throughput, beside their host baselines.
+async fn ws_benches(
+    s: &TestServer,
+    http: &reqwest::Client,
+    auth: &str,
+    n: usize,
+    h50: Duration,
+) -> Result<()> {
+    let mut wsd = Vec::new();
+    for i in 0..(n * 5 + 5) {
+        let t = Instant::now();
+        let (mut ws, _) = ws_connect(s, "/v1/sprites/bench-0/exec?cmd=true").await?;
+        let mut exit = None;
+        while let Some(m) = ws.next().await {
+            match m? {
+                Message::Binary(b) if b.first() == Some(&3) => exit = b.get(1).copied(),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        ensure!(exit == Some(0), "ws exec of true failed");
+        if i >= 5 {
+            wsd.push(t.elapsed());
+        }
+    }
+    let w50 = pct(wsd.clone(), 0.5);
+    println!(
+        "exec `true` over WebSocket (n={}): p50 {}  p95 {}  ratio to fork/exec {:.1}x",
+        wsd.len(),
+        ms(w50),
+        ms(pct(wsd, 0.95)),
+        w50.as_secs_f64() / h50.as_secs_f64()
+    );
+
+    let mib: u64 = std::env::var("BENCH_CAT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let out = http
+        .post(format!("{}/v1/sprites/bench-0/exec", s.url))
+        .query(&[
+            ("cmd", "sh"),
+            ("cmd", "-c"),
+            ("cmd", &format!("head -c {mib}M /dev/zero > /tmp/big")),
+        ])
+        .header("authorization", auth)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    ensure!(out.ends_with(&[3, 0]), "making the file failed");
+    let t = Instant::now();
+    let (mut ws, _) = ws_connect(s, "/v1/sprites/bench-0/exec?cmd=cat&cmd=/tmp/big").await?;
+    let mut got: u64 = 0;
+    while let Some(m) = ws.next().await {
+        match m? {
+            Message::Binary(b) if b.first() == Some(&1) => got += b.len() as u64 - 1,
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let sprite_secs = t.elapsed().as_secs_f64();
+    ensure!(
+        got == mib << 20,
+        "streamed {got} bytes, wanted {}",
+        mib << 20
+    );
+
+    let host_file = s.data_dir.join("big");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&host_file)?;
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            f.write_all(&block)?;
+        }
+    }
+    let t = Instant::now();
+    let mut child = std::process::Command::new("cat")
+        .arg(&host_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut host_got = 0u64;
+    {
+        use std::io::Read;
+        let mut so = child.stdout.take().expect("stdout");
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = so.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            host_got += k as u64;
+        }
+    }
+    child.wait()?;
+    let host_secs = t.elapsed().as_secs_f64();
+    ensure!(host_got == mib << 20);
+    let _ = std::fs::remove_file(&host_file);
+    let rate = |secs: f64| mib as f64 / secs;
+    println!(
+        "cat {mib} MiB through a WebSocket session: {:.0} MiB/s; host cat into a pipe: {:.0} MiB/s; ratio {:.2}",
+        rate(sprite_secs),
+        rate(host_secs),
+        rate(sprite_secs) / rate(host_secs)
+    );
     Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(s: &TestServer, path: &str) -> Result<(Ws, serde_json::Value)> {
+    let url = format!("{}{path}", s.url.replacen("http", "ws", 1));
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", s.token).parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let info = match ws.next().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(&t)?,
+        other => anyhow::bail!("no session_info: {other:?}"),
+    };
+    Ok((ws, info))
 }

@@ -166,7 +166,7 @@ pub async fn http_exec(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(FRAMING_LENGTH_PREFIXED));
     let session = crate::spawn::start(reg, &parsed);
-    session.attach();
+    let reader = session.attach(session.start_offset());
     if parsed.stdin {
         let input = session.input.clone();
         let mut body = req.into_body().into_data_stream();
@@ -180,7 +180,7 @@ pub async fn http_exec(
         });
     }
     let (events_tx, events_rx) = mpsc::channel::<Event>(16);
-    tokio::spawn(feed(session, events_tx));
+    tokio::spawn(feed(session, reader, events_tx));
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     if length_prefixed {
         tokio::spawn(write_length_prefixed(events_rx, body_tx));
@@ -201,29 +201,30 @@ pub async fn http_exec(
 
 /// Turns a session's output into events for one reader, from the start of its output.
 /// Ends the reader's attachment when the reader goes away.
-async fn feed(session: Arc<Session>, tx: mpsc::Sender<Event>) {
+async fn feed(session: Arc<Session>, reader: u64, tx: mpsc::Sender<Event>) {
     let mut changes = session.watch();
     let mut cursor = session.start_offset();
     loop {
         let (chunks, next, exit) = session.read_from(cursor);
-        cursor = next;
         for c in chunks {
             if tx.send(Event::Output(c.stream, c.data)).await.is_err() {
-                session.detach();
+                session.detach(reader);
                 return;
             }
         }
+        cursor = next;
+        session.advance(reader, cursor);
         if let Some(code) = exit {
             if session.read_from(cursor).0.is_empty() {
                 let _ = tx.send(Event::Exit(code)).await;
-                session.detach();
+                session.detach(reader);
                 return;
             }
             continue;
         }
         tokio::select! {
-            r = changes.changed() => if r.is_err() { session.detach(); return },
-            _ = tx.closed() => { session.detach(); return }
+            r = changes.changed() => if r.is_err() { session.detach(reader); return },
+            _ = tx.closed() => { session.detach(reader); return }
         }
     }
 }

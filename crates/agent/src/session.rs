@@ -2,8 +2,10 @@
 //! so clients can detach, come back and replay what they missed.
 //!
 //! Output goes from the process into the session's ring (never into per-client queues); each
-//! attached client reads the ring at its own pace. A client that never reads therefore costs
-//! nothing beyond the ring, and a slow one that falls behind the ring skips to its start.
+//! attached client reads the ring at its own pace. Output an attached client has not read yet
+//! is never dropped: the process is held back instead (as a pipe would), so a slow client
+//! slows the process and a client that never reads costs at most the ring. With no client
+//! attached the ring keeps the latest output for replay and the process runs freely.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -56,6 +58,9 @@ pub struct State {
     exited_at: Option<Instant>,
     /// Clients attached now.
     pub attached: usize,
+    /// Read position of each attached reader.
+    readers: BTreeMap<u64, u64>,
+    next_reader: u64,
     /// Last input or output.
     pub last_activity: Instant,
     /// Last activity as wall time (ms).
@@ -129,6 +134,8 @@ impl Session {
                 exit: None,
                 exited_at: None,
                 attached: 0,
+                readers: BTreeMap::new(),
+                next_reader: 0,
                 last_activity: Instant::now(),
                 last_activity_ms: now_ms(),
                 size,
@@ -168,7 +175,17 @@ impl Session {
                 stream,
                 data,
             });
+            // Never evict what an attached reader has yet to read.
+            let floor = st.readers.values().min().copied().unwrap_or(u64::MAX);
             while st.kept > RING_BYTES && st.chunks.len() > 1 {
+                let front_end = st
+                    .chunks
+                    .front()
+                    .map(|c| c.offset + c.data.len() as u64)
+                    .unwrap_or(0);
+                if front_end > floor {
+                    break;
+                }
                 if let Some(c) = st.chunks.pop_front() {
                     st.kept -= c.data.len();
                 }
@@ -265,20 +282,68 @@ impl Session {
         unsafe { libc::kill(-self.pgid, sig) == 0 }
     }
 
-    /// A client attached.
-    pub fn attach(&self) {
-        self.lock().attached += 1;
-        self.detach_epoch.fetch_add(1, Ordering::SeqCst);
+    /// Whether the process may produce more: no attached reader is a full ring behind.
+    pub fn has_room(&self) -> bool {
+        let st = self.lock();
+        match st.readers.values().min() {
+            Some(min) => st.end.saturating_sub(*min) <= RING_BYTES as u64,
+            None => true,
+        }
     }
 
-    /// A client left. When the last one leaves, the process gets
+    /// Waits until [`Session::has_room`].
+    pub async fn wait_room(&self) {
+        let mut w = self.watch();
+        while !self.has_room() {
+            if w.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A reader attached at `cursor`; returns its id for [`Session::advance`] and
+    /// [`Session::detach`].
+    pub fn attach(&self, cursor: u64) -> u64 {
+        let id = {
+            let mut st = self.lock();
+            st.attached += 1;
+            st.next_reader += 1;
+            let id = st.next_reader;
+            st.readers.insert(id, cursor);
+            id
+        };
+        self.detach_epoch.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    /// Records how far a reader got, letting a held-back process go on.
+    pub fn advance(&self, reader: u64, cursor: u64) {
+        let moved = {
+            let mut st = self.lock();
+            match st.readers.get_mut(&reader) {
+                Some(c) if *c != cursor => {
+                    *c = cursor;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if moved {
+            self.bump();
+        }
+    }
+
+    /// A reader left. When the last one leaves, the process gets
     /// `max_run_after_disconnect` before its group is killed.
-    pub fn detach(self: &Arc<Self>) {
+    pub fn detach(self: &Arc<Self>, reader: u64) {
         let last = {
             let mut st = self.lock();
+            st.readers.remove(&reader);
             st.attached = st.attached.saturating_sub(1);
             st.attached == 0 && st.exit.is_none()
         };
+        // A reader that left no longer holds the process back.
+        self.bump();
         let Some(limit) = self.max_run_after_disconnect else {
             return;
         };
@@ -426,5 +491,24 @@ mod tests {
         let kept: usize = s.read_from(0).0.iter().map(|c| c.data.len()).sum();
         assert!(kept <= RING_BYTES + big.len(), "{kept}");
         assert!(s.start_offset() > 0);
+    }
+
+    #[test]
+    fn attached_readers_hold_output_back() {
+        let s = session();
+        let r = s.attach(0);
+        let big = Bytes::from(vec![b'y'; 256 * 1024]);
+        for _ in 0..4 {
+            assert!(s.has_room());
+            s.push(1, big.clone());
+        }
+        s.push(1, big.clone());
+        assert!(
+            !s.has_room(),
+            "a reader a full ring behind stops the producer"
+        );
+        assert_eq!(s.start_offset(), 0, "nothing unread is evicted");
+        s.advance(r, 5 * 256 * 1024);
+        assert!(s.has_room());
     }
 }

@@ -195,6 +195,7 @@ async fn run(
 async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: u8, s: Arc<Session>) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
+        s.wait_room().await;
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => s.push(stream, Bytes::copy_from_slice(&buf[..n])),

@@ -93,7 +93,7 @@ async fn upgrade(reg: Arc<Registry>, parsed: ExecRequest, req: Request) -> Respo
 
 /// Serves one WebSocket client of a session until the process ends or the client leaves.
 async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool, stdin: bool) {
-    s.attach();
+    let reader = s.attach(cursor);
     let (mut tx, mut rx) = socket.split();
     let (cols, rows) = s.size();
     let info = json!({
@@ -111,7 +111,7 @@ async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool
         .await
         .is_err()
     {
-        s.detach();
+        s.detach(reader);
         return;
     }
     let mut changes = s.watch();
@@ -119,7 +119,6 @@ async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool
     let mut client_gone = false;
     loop {
         let (chunks, next, exit) = s.read_from(cursor);
-        cursor = next;
         for c in chunks {
             for part in c.data.chunks(WS_FRAME_MAX) {
                 let frame = if s.tty {
@@ -143,6 +142,8 @@ async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool
         if client_gone {
             break;
         }
+        cursor = next;
+        s.advance(reader, cursor);
         if let Some(code) = exit {
             if s.read_from(cursor).0.is_empty() {
                 let exit_msg = if s.tty {
@@ -191,7 +192,7 @@ async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool
     // Complete the closing handshake (answering the client's close, if it sent one) so the
     // client sees a clean close, not a dropped connection.
     let _ = tx.close().await;
-    s.detach();
+    s.detach(reader);
 }
 
 /// Applies one client message; `false` when the client closed.

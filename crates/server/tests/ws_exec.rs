@@ -404,3 +404,16 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
         .iter()
         .any(|x| x["command"] == "yes" && x["exited"] == false));
 }
+
+#[tokio::test]
+async fn fast_output_is_never_lost_by_an_attached_client() {
+    let s = TestServer::start().unwrap();
+    Api::new(&s).create("big").await;
+    // ~24 MB, far more than the 1 MiB ring: the process is held back, nothing is dropped.
+    let (mut ws, _) = connect(&s, "/v1/sprites/big/exec?cmd=seq&cmd=1&cmd=3500000").await;
+    let (out, _, exit, _) = drain_non_tty(&mut ws).await;
+    assert_eq!(exit, Some(0));
+    let expected: String = (1..=3_500_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out.len(), expected.len());
+    assert!(out == expected, "output differs");
+}

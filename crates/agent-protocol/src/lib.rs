@@ -24,6 +24,22 @@ pub const INFO_PATH: &str = "/agent/v1/info";
 /// `POST`: stop every process, flush the disk, exit.
 pub const SHUTDOWN_PATH: &str = "/agent/v1/shutdown";
 
+/// `GET`: whether anything is going on inside ([`Activity`]), for the idle detector.
+pub const ACTIVITY_PATH: &str = "/agent/v1/activity";
+
+/// Answer of [`ACTIVITY_PATH`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Activity {
+    /// Anything keeps the sprite awake.
+    pub active: bool,
+    /// Exec clients attached now.
+    pub attached: u32,
+    /// Sessions whose processes produced output recently.
+    pub busy_sessions: u32,
+    /// Live tasks (Tasks API).
+    pub tasks: u32,
+}
+
 /// File descriptor on which the agent finds its already-bound listening socket.
 pub const LISTEN_FD: i32 = 3;
 

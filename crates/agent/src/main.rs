@@ -13,6 +13,7 @@ mod init;
 mod server;
 mod session;
 mod spawn;
+mod tasks;
 mod ws;
 
 fn main() {

@@ -3,6 +3,7 @@
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
@@ -10,7 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sprites_agent_protocol::{AgentInfo, INFO_PATH, LISTEN_FD, PROTOCOL_VERSION, SHUTDOWN_PATH};
+use sprites_agent_protocol::{
+    Activity, AgentInfo, ACTIVITY_PATH, INFO_PATH, LISTEN_FD, PROTOCOL_VERSION, SHUTDOWN_PATH,
+};
 use sprites_api::{ErrorBody, ErrorCode};
 
 use crate::session::Registry;
@@ -45,8 +48,26 @@ async fn serve() -> anyhow::Result<()> {
     if let Err(e) = loopback_up() {
         tracing::warn!("bringing up loopback: {e}");
     }
+    let _ = std::fs::write(
+        "/.sprite/version.txt",
+        format!("{}\n", env!("CARGO_PKG_VERSION")),
+    );
+    let inside = match bind_api_socket() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("cannot serve /.sprite/api.sock: {e}");
+            None
+        }
+    };
     tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
-    axum::serve(listener, router()).await?;
+    let host = axum::serve(listener, router());
+    match inside {
+        Some(l) => {
+            let api = axum::serve(l, inside_router());
+            tokio::try_join!(host.into_future(), api.into_future())?;
+        }
+        None => host.await?,
+    }
     Ok(())
 }
 
@@ -96,6 +117,38 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Path of the in-sprite API socket.
+pub const API_SOCKET: &str = "/.sprite/api.sock";
+
+/// Binds `/.sprite/api.sock`, usable by every user of the sprite.
+fn bind_api_socket() -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all("/.sprite")?;
+    let _ = std::fs::remove_file(API_SOCKET);
+    let l = tokio::net::UnixListener::bind(API_SOCKET)?;
+    std::fs::set_permissions(API_SOCKET, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// Routes of the in-sprite API (`/.sprite/api.sock`, virtual host `sprite`).
+pub fn inside_router() -> Router {
+    use crate::tasks;
+    Router::new()
+        .route(
+            "/v1/tasks",
+            get(tasks::list)
+                .post(tasks::create)
+                .put(|b| tasks::upsert(None, b)),
+        )
+        .route(
+            "/v1/tasks/{name}",
+            get(tasks::get)
+                .put(|p, b| tasks::upsert(Some(p), b))
+                .delete(tasks::delete),
+        )
+        .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
+}
+
 /// The routes the agent serves. Public paths match the per-sprite API with the
 /// `/v1/sprites/{name}` prefix removed.
 pub fn router() -> Router {
@@ -103,6 +156,7 @@ pub fn router() -> Router {
     Router::new()
         .route(INFO_PATH, get(info))
         .route(SHUTDOWN_PATH, post(shutdown))
+        .route(ACTIVITY_PATH, get(activity))
         .route("/exec", post(http_exec).get(crate::ws::get_exec))
         .route("/exec/{id}", get(crate::ws::attach))
         .route("/exec/{id}/kill", post(crate::ws::kill))
@@ -127,6 +181,23 @@ async fn info() -> Json<AgentInfo> {
         kernel: uname
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
+    })
+}
+
+/// What keeps the sprite awake, as far as the agent can see.
+async fn activity(State(reg): State<Arc<Registry>>) -> Json<Activity> {
+    let (mut attached, mut busy) = (0u32, 0u32);
+    for s in reg.all() {
+        let (a, recent) = s.activity(std::time::Duration::from_secs(5));
+        attached += a as u32;
+        busy += recent as u32;
+    }
+    let tasks = crate::tasks::live_count();
+    Json(Activity {
+        active: attached > 0 || busy > 0 || tasks > 0,
+        attached,
+        busy_sessions: busy,
+        tasks,
     })
 }
 

@@ -363,6 +363,13 @@ impl Session {
         });
     }
 
+    /// Attached readers, and whether the process produced output within `window`.
+    pub fn activity(&self, window: Duration) -> (usize, bool) {
+        let st = self.lock();
+        let recent = st.exit.is_none() && st.last_activity.elapsed() <= window;
+        (st.attached, recent)
+    }
+
     /// JSON of `GET /exec`.
     pub fn summary(&self) -> serde_json::Value {
         let st = self.lock();

@@ -132,6 +132,20 @@ impl Cgroup {
         }
     }
 
+    /// Whether the processes are frozen now.
+    pub fn is_frozen(&self) -> bool {
+        let dir = self.dir("freezer");
+        if self.v2 {
+            std::fs::read_to_string(dir.join("cgroup.events"))
+                .map(|ev| ev.lines().any(|l| l == "frozen 1"))
+                .unwrap_or(false)
+        } else {
+            std::fs::read_to_string(dir.join("freezer.state"))
+                .map(|s| s.trim() == "FROZEN")
+                .unwrap_or(false)
+        }
+    }
+
     /// Kills every process: freeze so nothing can fork, SIGKILL all, thaw so they die.
     pub fn kill_all(&self) -> io::Result<()> {
         if !self.dirs[0].exists() {

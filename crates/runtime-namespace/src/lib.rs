@@ -190,6 +190,10 @@ impl Backend for NamespaceBackend {
         self.launcher_pid(&spec.id).is_some()
     }
 
+    async fn is_paused(&self, spec: &SpriteSpec) -> bool {
+        self.cgroup(&spec.id).is_frozen()
+    }
+
     async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError> {
         let path = RunPaths::new(&self.run_dir(&spec.id)).socket;
         match tokio::net::UnixStream::connect(&path).await {

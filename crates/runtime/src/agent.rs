@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sprites_agent_protocol::{AgentInfo, INFO_PATH, SHUTDOWN_PATH};
+use sprites_agent_protocol::{Activity, AgentInfo, ACTIVITY_PATH, INFO_PATH, SHUTDOWN_PATH};
 
 use crate::{AgentStream, BackendError};
 
@@ -62,6 +62,17 @@ pub async fn info(stream: AgentStream) -> Result<AgentInfo, BackendError> {
         return Err(BackendError::Other(format!("agent info answered {status}")));
     }
     serde_json::from_slice(&body).map_err(|e| BackendError::Other(format!("agent info: {e}")))
+}
+
+/// Asks the agent whether anything is going on inside.
+pub async fn activity(stream: AgentStream) -> Result<Activity, BackendError> {
+    let (status, body) = simple(stream, http::Method::GET, ACTIVITY_PATH).await?;
+    if !status.is_success() {
+        return Err(BackendError::Other(format!(
+            "agent activity answered {status}"
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| BackendError::Other(format!("agent activity: {e}")))
 }
 
 /// Asks the agent to end every process, flush the disk and exit.

@@ -92,6 +92,11 @@ pub trait Backend: Send + Sync + 'static {
     /// This must work for sprites started by an earlier server process.
     async fn is_running(&self, spec: &SpriteSpec) -> bool;
 
+    /// Whether the sprite's processes are frozen. Must work across server restarts too.
+    async fn is_paused(&self, _spec: &SpriteSpec) -> bool {
+        false
+    }
+
     /// Opens a new byte stream to the agent.
     async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError>;
 

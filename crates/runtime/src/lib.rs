@@ -11,4 +11,4 @@ pub mod conformance;
 mod lifecycle;
 
 pub use backend::{AgentStream, Backend, BackendError, BackendKind, SpriteSpec};
-pub use lifecycle::{Runtime, State};
+pub use lifecycle::{Hold, IdlePolicy, Runtime, State, Transition};

@@ -1,12 +1,19 @@
-//! The lifecycle state machine: `cold → running ⇄ warm`, `running|warm → cold`.
+//! The lifecycle state machine: `cold → running ⇄ warm`, `running|warm → cold`, and the idle
+//! detector that drives it.
 //!
 //! One async mutex per sprite serialises transitions, so concurrent wakes of one sprite are a
-//! single boot and a request never sees a half-started sprite.
+//! single boot and a request never sees a half-started sprite. Requests hold a sprite awake
+//! with [`Runtime::hold`]; when nothing holds it and its agent reports no activity, the idle
+//! loop freezes it (`warm`) and later stops it (`cold`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::{AgentStream, Backend, BackendError, SpriteSpec};
+use tokio::sync::broadcast;
+
+use crate::{agent, AgentStream, Backend, BackendError, SpriteSpec};
 
 /// Lifecycle state of one sprite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +40,66 @@ impl State {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<State>>>;
+/// A state change, for whoever records timestamps.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// Sprite id.
+    pub id: String,
+    /// New state.
+    pub state: State,
+}
+
+/// When idle sprites go warm and cold.
+#[derive(Debug, Clone, Copy)]
+pub struct IdlePolicy {
+    /// Idle time before freezing.
+    pub warm_after: Duration,
+    /// Time warm before stopping.
+    pub cold_after: Duration,
+    /// How often to look.
+    pub tick: Duration,
+}
+
+impl Default for IdlePolicy {
+    fn default() -> Self {
+        Self {
+            warm_after: Duration::from_secs(10),
+            cold_after: Duration::from_secs(15 * 60),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    state: Option<State>,
+    spec: Option<SpriteSpec>,
+    idle_since: Option<Instant>,
+    warm_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Slot {
+    inner: tokio::sync::Mutex<SlotState>,
+    holds: AtomicUsize,
+}
+
+/// Keeps a sprite awake while alive (an in-flight request, an open connection).
+pub struct Hold {
+    slot: Arc<Slot>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.slot.holds.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Drives sprites of one backend through their lifecycle.
 pub struct Runtime {
     backend: Arc<dyn Backend>,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    events: broadcast::Sender<Transition>,
 }
 
 impl Runtime {
@@ -47,6 +108,7 @@ impl Runtime {
         Self {
             backend,
             slots: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
         }
     }
 
@@ -55,52 +117,85 @@ impl Runtime {
         &self.backend
     }
 
-    fn slot(&self, id: &str) -> Slot {
+    /// State changes as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.events.subscribe()
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.entry(id.to_string()).or_default().clone()
     }
 
-    /// Reads the state, asking the backend when this process has not seen the sprite yet
-    /// (after a restart, sprites that kept running are adopted as running).
-    async fn observe(&self, spec: &SpriteSpec, known: &mut Option<State>) -> State {
-        match *known {
-            Some(s) => s,
-            None => {
-                let s = if self.backend.is_running(spec).await {
-                    State::Running
-                } else {
-                    State::Cold
-                };
-                *known = Some(s);
-                s
-            }
+    /// Keeps the sprite from going idle until the returned guard drops.
+    pub fn hold(&self, spec: &SpriteSpec) -> Hold {
+        let slot = self.slot(&spec.id);
+        slot.holds.fetch_add(1, Ordering::SeqCst);
+        Hold { slot }
+    }
+
+    fn set(&self, st: &mut SlotState, spec: &SpriteSpec, next: State) {
+        if st.state == Some(next) {
+            return;
         }
+        debug_assert!(
+            st.state.is_none_or(|s| s.can_become(next)),
+            "{:?} -> {next:?}",
+            st.state
+        );
+        st.state = Some(next);
+        st.spec = Some(spec.clone());
+        st.idle_since = None;
+        st.warm_since = (next == State::Warm).then(Instant::now);
+        let _ = self.events.send(Transition {
+            id: spec.id.clone(),
+            state: next,
+        });
+    }
+
+    /// Reads the state, asking the backend when this process has not seen the sprite yet
+    /// (after a restart, sprites that kept running or stayed frozen are adopted as such).
+    async fn observe(&self, spec: &SpriteSpec, st: &mut SlotState) -> State {
+        if let Some(s) = st.state {
+            return s;
+        }
+        let s = if !self.backend.is_running(spec).await {
+            State::Cold
+        } else if self.backend.is_paused(spec).await {
+            State::Warm
+        } else {
+            State::Running
+        };
+        st.state = Some(s);
+        st.spec = Some(spec.clone());
+        st.warm_since = (s == State::Warm).then(Instant::now);
+        s
     }
 
     /// Current state of a sprite.
     pub async fn state(&self, spec: &SpriteSpec) -> State {
         let slot = self.slot(&spec.id);
-        let mut g = slot.lock().await;
+        let mut g = slot.inner.lock().await;
         self.observe(spec, &mut g).await
     }
 
     /// Makes sure the sprite runs, booting or thawing it if needed.
     pub async fn ensure_running(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         let slot = self.slot(&spec.id);
-        let mut g = slot.lock().await;
+        let mut g = slot.inner.lock().await;
         match self.observe(spec, &mut g).await {
-            State::Running => Ok(()),
+            State::Running => {}
             State::Warm => {
                 self.backend.resume(spec).await?;
-                *g = Some(State::Running);
-                Ok(())
+                self.set(&mut g, spec, State::Running);
             }
             State::Cold => {
                 self.backend.start(spec).await?;
-                *g = Some(State::Running);
-                Ok(())
+                self.set(&mut g, spec, State::Running);
             }
         }
+        g.idle_since = None;
+        Ok(())
     }
 
     /// Opens a stream to the sprite's agent, waking the sprite first. If the sprite died
@@ -112,12 +207,12 @@ impl Runtime {
             Err(first) => {
                 let slot = self.slot(&spec.id);
                 {
-                    let mut g = slot.lock().await;
+                    let mut g = slot.inner.lock().await;
                     if self.backend.is_running(spec).await {
                         return Err(first);
                     }
                     tracing::warn!(id = %spec.id, "sprite stopped unexpectedly; booting it again");
-                    *g = Some(State::Cold);
+                    self.set(&mut g, spec, State::Cold);
                 }
                 self.ensure_running(spec).await?;
                 self.backend.connect(spec).await
@@ -128,11 +223,11 @@ impl Runtime {
     /// Stops the sprite if it runs.
     pub async fn stop(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         let slot = self.slot(&spec.id);
-        let mut g = slot.lock().await;
+        let mut g = slot.inner.lock().await;
         if self.observe(spec, &mut g).await != State::Cold {
             self.backend.stop(spec).await?;
         }
-        *g = Some(State::Cold);
+        self.set(&mut g, spec, State::Cold);
         Ok(())
     }
 
@@ -145,6 +240,112 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&spec.id);
         Ok(())
+    }
+
+    /// Looks at every known sprite once: freezes the idle running ones, stops the ones warm
+    /// for too long. Returns the transitions made.
+    pub async fn idle_pass(&self, policy: &IdlePolicy) -> Vec<Transition> {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut made = Vec::new();
+        for slot in slots {
+            if slot.holds.load(Ordering::SeqCst) > 0 {
+                // A request is in flight or a connection open: not idle.
+                if let Ok(mut g) = slot.inner.try_lock() {
+                    g.idle_since = None;
+                }
+                continue;
+            }
+            let (state, spec, idle_since, warm_since) = {
+                let g = slot.inner.lock().await;
+                match (&g.state, &g.spec) {
+                    (Some(s), Some(spec)) => (*s, spec.clone(), g.idle_since, g.warm_since),
+                    _ => continue,
+                }
+            };
+            let now = Instant::now();
+            match state {
+                State::Running => {
+                    if self.agent_active(&spec).await {
+                        slot.inner.lock().await.idle_since = None;
+                        continue;
+                    }
+                    let since = idle_since.unwrap_or(now);
+                    let mut g = slot.inner.lock().await;
+                    g.idle_since = Some(since);
+                    if now.duration_since(since) < policy.warm_after
+                        || slot.holds.load(Ordering::SeqCst) > 0
+                        || g.state != Some(State::Running)
+                    {
+                        continue;
+                    }
+                    match self.backend.pause(&spec).await {
+                        Ok(()) => {
+                            self.set(&mut g, &spec, State::Warm);
+                            made.push(Transition {
+                                id: spec.id.clone(),
+                                state: State::Warm,
+                            });
+                        }
+                        Err(e) => tracing::warn!(id = %spec.id, "pausing idle sprite: {e}"),
+                    }
+                }
+                State::Warm => {
+                    let Some(since) = warm_since else { continue };
+                    if now.duration_since(since) < policy.cold_after {
+                        continue;
+                    }
+                    let mut g = slot.inner.lock().await;
+                    if slot.holds.load(Ordering::SeqCst) > 0 || g.state != Some(State::Warm) {
+                        continue;
+                    }
+                    let stopped = async {
+                        self.backend.resume(&spec).await?;
+                        self.backend.stop(&spec).await
+                    };
+                    match stopped.await {
+                        Ok(()) => {
+                            self.set(&mut g, &spec, State::Cold);
+                            made.push(Transition {
+                                id: spec.id.clone(),
+                                state: State::Cold,
+                            });
+                        }
+                        Err(e) => tracing::warn!(id = %spec.id, "stopping warm sprite: {e}"),
+                    }
+                }
+                State::Cold => {}
+            }
+        }
+        made
+    }
+
+    /// Whether the agent reports work (attached sessions, recent output, live tasks).
+    /// An agent that does not answer counts as active: it may be booting or busy.
+    async fn agent_active(&self, spec: &SpriteSpec) -> bool {
+        let probe = async {
+            let s = self.backend.connect(spec).await?;
+            agent::activity(s).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(a)) => a.active,
+            _ => true,
+        }
+    }
+
+    /// Runs [`Runtime::idle_pass`] forever, every `policy.tick`.
+    pub async fn run_idle_loop(self: Arc<Self>, policy: IdlePolicy) {
+        let mut tick = tokio::time::interval(policy.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.idle_pass(&policy).await;
+        }
     }
 }
 

@@ -83,6 +83,19 @@ struct ServeArgs {
     /// Most processes per sprite.
     #[arg(long, env = "SPRITES_PIDS_LIMIT", default_value_t = 4096)]
     pids_limit: u64,
+    /// Idle time after which a running sprite is frozen (warm), e.g. `10s`.
+    #[arg(long, env = "SPRITES_WARM_AFTER", default_value = "10s", value_parser = duration)]
+    warm_after: std::time::Duration,
+    /// Time warm after which a sprite is stopped (cold), e.g. `15m`.
+    #[arg(long, env = "SPRITES_COLD_AFTER", default_value = "15m", value_parser = duration)]
+    cold_after: std::time::Duration,
+    /// How often the idle detector looks at sprites.
+    #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
+    idle_tick: std::time::Duration,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    sprites_api::exec::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -261,6 +274,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
+        svc.adopt_and_track().await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let policy = sprites_runtime::IdlePolicy {
+            warm_after: a.warm_after,
+            cold_after: a.cold_after,
+            tick: a.idle_tick,
+        };
+        tokio::spawn(svc.runtime.clone().run_idle_loop(policy));
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         std::fs::write(cfg.data_dir.join("spritesd.addr"), addr.to_string())?;

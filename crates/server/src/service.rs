@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sprites_api::{self as api, ErrorCode};
-use sprites_runtime::{AgentStream, Runtime, SpriteSpec, State};
+use sprites_runtime::{AgentStream, Hold, Runtime, SpriteSpec, State};
 use sprites_storage::disk::DiskFactory;
 
 use crate::config::Config;
@@ -190,14 +190,48 @@ impl Sprites {
         Ok(())
     }
 
-    /// Opens a stream to the agent of `name`, waking the sprite.
-    pub async fn connect(&self, org: &Org, name: &str) -> Result<AgentStream, ApiError> {
+    /// Opens a stream to the agent of `name`, waking the sprite, and holds it awake until the
+    /// returned [`Hold`] drops.
+    pub async fn connect(&self, org: &Org, name: &str) -> Result<(AgentStream, Hold), ApiError> {
         let rec = self.find(org, name).await?;
         let spec = self.spec(&rec);
-        if self.runtime.state(&spec).await != State::Running {
+        let hold = self.runtime.hold(&spec);
+        if self.runtime.state(&spec).await == State::Cold {
             self.boot(&rec).await?;
         }
-        Ok(self.runtime.connect(&spec).await?)
+        Ok((self.runtime.connect(&spec).await?, hold))
+    }
+
+    /// Registers every sprite with the runtime (adopting the ones still running) and records
+    /// lifecycle transitions in the store as they happen.
+    pub async fn adopt_and_track(self: &std::sync::Arc<Self>) -> Result<(), ApiError> {
+        let mut events = self.runtime.subscribe();
+        let recs = self.store.with(|c| store::all_sprites(c)).await?;
+        for rec in &recs {
+            let st = self.runtime.state(&self.spec(rec)).await;
+            tracing::debug!(id = %rec.id, state = ?st, "adopted");
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let t = match events.recv().await {
+                    Ok(t) => t,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let now = now_ms();
+                let (running, warm) = (t.state == State::Running, t.state == State::Warm);
+                let id = t.id;
+                let res = me
+                    .store
+                    .with(move |c| store::record_transition(c, &id, running, warm, now))
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!("recording transition: {e}");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Lists a page of sprites.

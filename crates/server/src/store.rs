@@ -375,6 +375,29 @@ pub fn update_sprite(c: &Connection, rec: &SpriteRecord) -> Result<()> {
     Ok(())
 }
 
+/// Stamps `last_running_at` / `last_warming_at` after a lifecycle transition.
+pub fn record_transition(
+    c: &Connection,
+    id: &str,
+    running: bool,
+    warm: bool,
+    now: i64,
+) -> Result<()> {
+    if running {
+        c.execute(
+            "UPDATE sprites SET last_running_at = ?2, last_started_at = COALESCE(last_started_at, ?2) WHERE id = ?1",
+            params![id, now],
+        )?;
+    }
+    if warm {
+        c.execute(
+            "UPDATE sprites SET last_warming_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+    }
+    Ok(())
+}
+
 /// Deletes a sprite record.
 pub fn delete_sprite(c: &Connection, id: &str) -> Result<()> {
     c.execute("DELETE FROM sprites WHERE id = ?1", [id])?;

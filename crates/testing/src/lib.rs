@@ -72,6 +72,7 @@ pub struct TestServer {
     /// Home of CLI invocations.
     pub home: PathBuf,
     port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -79,6 +80,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with a fresh data dir.
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `spritesd serve` flags (kept across restarts).
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
         ensure_image()?;
         // Short path: agent socket paths must fit in 108 bytes.
         let tmp = tempfile::Builder::new().prefix("sp").tempdir_in("/tmp")?;
@@ -91,6 +97,7 @@ impl TestServer {
             data_dir,
             home,
             port: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             _tmp: tmp,
         };
@@ -116,6 +123,7 @@ impl TestServer {
             .arg(image_dir())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -8,6 +8,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use sprites_api::ErrorCode;
 
@@ -35,7 +36,8 @@ pub async fn forward(
     agent_path: &str,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let stream = state.connect(org, name).await?;
+    // The sprite stays awake until the response body or the upgraded connection ends.
+    let (stream, hold) = state.connect(org, name).await?;
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let uri = match parts.uri.query() {
@@ -64,6 +66,7 @@ pub async fn forward(
         let agent_upgrade = hyper::upgrade::on(&mut resp);
         let sprite = name.to_string();
         tokio::spawn(async move {
+            let _hold = hold;
             match tokio::try_join!(client_upgrade, agent_upgrade) {
                 Ok((c, a)) => {
                     let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
@@ -77,7 +80,12 @@ pub async fn forward(
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
-    Ok(resp.map(Body::new))
+    let (parts, body) = resp.into_parts();
+    let body = Body::new(body).into_data_stream().map(move |chunk| {
+        let _ = &hold;
+        chunk
+    });
+    Ok(Response::from_parts(parts, Body::from_stream(body)))
 }
 
 pub async fn exec_post(

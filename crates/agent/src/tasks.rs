@@ -100,16 +100,15 @@ pub async fn get(Path(name): Path<String>) -> Response {
 }
 
 /// Parses a JSON body whatever its Content-Type (curl users often leave it out).
-fn json_body(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 /// `POST /v1/tasks {"name","expire"}`: 201, or 409 when the name is taken.
 pub async fn create(body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(ErrorCode::BadRequest, e),
     };
     let name = body["name"].as_str().unwrap_or_default().to_string();
     if let Err(e) = valid_name(&name) {
@@ -137,7 +136,7 @@ pub async fn create(body: Bytes) -> Response {
 pub async fn upsert(name: Option<Path<String>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(ErrorCode::BadRequest, e),
     };
     let name = match name {
         Some(Path(n)) => n,

@@ -65,7 +65,16 @@ async fn idle_goes_warm_then_cold_and_wakes_on_exec() {
 
 #[tokio::test]
 async fn frozen_processes_resume_where_they_stopped() {
-    let s = TestServer::start_with(FAST).unwrap();
+    // Long cold_after: this test needs the sprite to stay warm, even on a loaded machine.
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "600ms",
+        "--cold-after",
+        "5m",
+        "--idle-tick",
+        "100ms",
+    ])
+    .unwrap();
     let api = Api::new(&s);
     api.create("counter").await;
     // A loop that logs a counter and the time, detached from any exec session.

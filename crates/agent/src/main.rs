@@ -11,12 +11,18 @@
 mod exec;
 mod init;
 mod server;
+mod services;
 mod session;
 mod spawn;
+mod sprite_env;
 mod tasks;
 mod ws;
 
 fn main() {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.rsplit('/').next() == Some("sprite-env") {
+        sprite_env::main(std::env::args().skip(1).collect());
+    }
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("init") => init::main(),

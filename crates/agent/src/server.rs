@@ -16,6 +16,7 @@ use sprites_agent_protocol::{
 };
 use sprites_api::{ErrorBody, ErrorCode};
 
+use crate::services::Services;
 use crate::session::Registry;
 
 /// Runs the agent server until shutdown. Never returns normally.
@@ -45,6 +46,8 @@ async fn serve() -> anyhow::Result<()> {
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     ensure_hosts_entry();
+    // `sprite-env` on the default PATH of login shells too.
+    let _ = std::os::unix::fs::symlink("/.sprite/bin/sprite-env", "/usr/local/bin/sprite-env");
     if let Err(e) = loopback_up() {
         tracing::warn!("bringing up loopback: {e}");
     }
@@ -60,10 +63,15 @@ async fn serve() -> anyhow::Result<()> {
         }
     };
     tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
-    let host = axum::serve(listener, router());
+    let state = AgentState {
+        sessions: Arc::new(Registry::default()),
+        services: Arc::new(Services::default()),
+    };
+    state.services.boot();
+    let host = axum::serve(listener, router(state.clone()));
     match inside {
         Some(l) => {
-            let api = axum::serve(l, inside_router());
+            let api = axum::serve(l, inside_router(state));
             tokio::try_join!(host.into_future(), api.into_future())?;
         }
         None => host.await?,
@@ -131,7 +139,7 @@ fn bind_api_socket() -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Routes of the in-sprite API (`/.sprite/api.sock`, virtual host `sprite`).
-pub fn inside_router() -> Router {
+pub fn inside_router(state: AgentState) -> Router {
     use crate::tasks;
     Router::new()
         .route(
@@ -146,13 +154,13 @@ pub fn inside_router() -> Router {
                 .put(|p, b| tasks::upsert(Some(p), b))
                 .delete(tasks::delete),
         )
+        .nest("/v1", services_router().with_state(state.services))
         .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
 }
 
 /// The routes the agent serves. Public paths match the per-sprite API with the
 /// `/v1/sprites/{name}` prefix removed.
-pub fn router() -> Router {
-    let sessions = Arc::new(Registry::default());
+pub fn router(state: AgentState) -> Router {
     Router::new()
         .route(INFO_PATH, get(info))
         .route(SHUTDOWN_PATH, post(shutdown))
@@ -160,8 +168,32 @@ pub fn router() -> Router {
         .route("/exec", post(http_exec).get(crate::ws::get_exec))
         .route("/exec/{id}", get(crate::ws::attach))
         .route("/exec/{id}/kill", post(crate::ws::kill))
+        .with_state(state.sessions.clone())
+        .merge(services_router().with_state(state.services))
         .fallback(|| async { error(ErrorCode::NotFound, "no such route in the sprite") })
-        .with_state(sessions)
+}
+
+/// The services API (§8.2), mounted on the host socket and, under `/v1`, on api.sock.
+fn services_router() -> Router<Arc<Services>> {
+    use crate::services as s;
+    Router::new()
+        .route("/services", get(s::list))
+        .route("/services/signal", post(s::signal))
+        .route(
+            "/services/{name}",
+            get(s::get).put(s::put).delete(s::delete),
+        )
+        .route("/services/{name}/logs", get(s::logs))
+        .route("/services/{name}/{action}", post(s::action))
+}
+
+/// Shared state of the agent's servers.
+#[derive(Clone)]
+pub struct AgentState {
+    /// Exec sessions.
+    pub sessions: Arc<Registry>,
+    /// Services.
+    pub services: Arc<Services>,
 }
 
 /// A JSON error response in the public shape.

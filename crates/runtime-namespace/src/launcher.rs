@@ -425,24 +425,27 @@ fn prepare_root(root: &Path, agent_bin: &Path, base: u32) -> Res<()> {
         Some(bin_opts.as_str()),
     )
     .map_err(ctx("mounting /.sprite/bin"))?;
-    let target = bin.join("sprite-agent");
-    File::create(&target).map_err(ctx("creating agent file"))?;
-    mount(
-        Some(agent_bin),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(ctx("binding agent"))?;
-    mount(
-        None::<&str>,
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(ctx("making agent read-only"))?;
+    // The agent, and the same binary as `sprite-env` (it looks at its name).
+    for name in ["sprite-agent", "sprite-env"] {
+        let target = bin.join(name);
+        File::create(&target).map_err(ctx("creating agent file"))?;
+        mount(
+            Some(agent_bin),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx("binding agent"))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(ctx("making agent read-only"))?;
+    }
     Ok(())
 }
 

@@ -151,6 +151,35 @@ pub async fn exec_kill(
     .await
 }
 
+/// `/services` and everything under it, forwarded as is (minus the sprite prefix).
+pub async fn services(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let name = params
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let rest = params
+        .iter()
+        .find(|(k, _)| k == "rest")
+        .map(|(_, v)| v.as_str());
+    let path = match rest {
+        Some(r) => format!(
+            "/services/{}",
+            r.split('/')
+                .map(encode_segment)
+                .collect::<Vec<_>>()
+                .join("/")
+        ),
+        None => "/services".to_string(),
+    };
+    forward(&s, &org, &name, &path, req).await
+}
+
 /// Percent-encodes a path segment taken from the client before it goes into the agent's URI.
 fn encode_segment(s: &str) -> String {
     s.bytes()

@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sprites/{name}/exec/{id}", get(forward::exec_attach))
         .route("/sprites/{name}/exec/{id}/kill", post(forward::exec_kill))
+        .route("/sprites/{name}/services", any(forward::services))
+        .route("/sprites/{name}/services/{*rest}", any(forward::services))
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route(
             "/sprites/{name}/control",

@@ -18,7 +18,7 @@ from sprites import (
     SpriteError,
     SpritesClient,
 )
-from sprites.types import ListOptions, URLSettings
+from sprites.types import ListOptions, SpriteConfig, URLSettings
 
 from conftest import json_body, unique_name
 
@@ -67,6 +67,21 @@ def test_create_with_labels_and_url_settings(make_sprite):
     assert s.url_settings is not None and s.url_settings.auth == "public"
 
 
+def test_create_accepts_every_field_the_sdk_sends(client, make_sprite, statuses):
+    # create_sprite can send config, url_settings, labels, wait_for_capacity and runtime.
+    s = make_sprite(
+        "full",
+        config=SpriteConfig(ram_mb=512, cpus=1, region="ord", storage_gb=10),
+        url_settings=URLSettings(auth="sprite", private_access="org_users"),
+        labels=["x"],
+        wait_for_capacity=True,
+        runtime="default",
+    )
+    assert s.labels == ["x"]
+    assert s.url_settings.auth == "sprite"
+    assert ("POST", "/v1/sprites", 201) in statuses
+
+
 def test_get_returns_same_sprite(client, make_sprite):
     created = make_sprite("get")
     got = client.get_sprite(created.name)
@@ -103,6 +118,9 @@ def test_list_with_prefix(client, make_sprite):
         assert names | {other.name} <= everything
         # list_all_sprites with a prefix (sends max_results=100: must be clamped, not rejected).
         assert {s.name for s in client.list_all_sprites(prefix=prefix)} == names
+        # bulk_load=true ("minimal entries") is accepted.
+        bulk = client.list_sprites(ListOptions(prefix=prefix, bulk_load=True))
+        assert {s.name for s in bulk.sprites} == names
         # Top-level counters are read by the SDK.
         assert page.running + page.warm + page.cold >= 4
     finally:
@@ -169,6 +187,15 @@ def test_update_url_settings_is_partial(client, make_sprite):
     assert client.get_sprite(s.name).url_settings.auth == "sprite"
 
 
+def test_update_invalid_url_auth_is_400(client, make_sprite):
+    s = make_sprite("badauth")
+    with pytest.raises(SpriteError) as ei:
+        client.update_sprite(s.name, url_settings=URLSettings(auth="bogus"))
+    assert type(ei.value) is SpriteError
+    assert "(status 400)" in str(ei.value)
+    assert client.get_sprite(s.name).url_settings.auth == "sprite"
+
+
 def test_update_missing_raises_not_found(client):
     with pytest.raises(NotFoundError):
         client.update_sprite(unique_name("never"), labels=["x"])
@@ -196,6 +223,12 @@ def test_name_can_be_reused_after_delete(client):
         assert second.id != first.id
     finally:
         client.delete_sprite(name)
+
+
+def test_upgrade(client, make_sprite):
+    s = make_sprite("upg")
+    s.upgrade()  # 200 or 204 expected; anything else raises
+    assert client.get_sprite(s.name).id == s.id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +303,9 @@ def test_other_org_cannot_see_sprite(client, other_org, make_sprite):
         other.update_sprite(s.name, labels=["stolen"])
     with pytest.raises(NotFoundError):
         other.delete_sprite(s.name)
+    # Restart is not wrapped by sprites-py; through its authenticated HTTP client.
+    r = other.http_client.post(f"{other.base_url}/v1/sprites/{s.name}/restart")
+    assert r.status_code == 404, r.text
     # Still there, unchanged, for its owner.
     got = client.get_sprite(s.name)
     assert got.id == s.id and got.labels == []

@@ -12,15 +12,14 @@ Transport map of sprites-py 0.7.2 (read from its source):
     how SDK users reach endpoints the SDK does not wrap. Restart is not wrapped either and goes
     the same way.
 
-Every exec test runs over both transports. The WebSocket variants are marked xfail
-(non-strict) until WebSocket exec lands; they report XPASS when the server already has it.
+Every exec test runs over both transports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
+import random
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from sprites.exceptions import APIError, TimeoutError as SpriteTimeoutError
 
 from conftest import unique_name
 
-WS_XFAIL = pytest.mark.xfail(reason="WebSocket exec arrives in issue 3", strict=False)
 
 
 @dataclass
@@ -123,7 +121,7 @@ def exec_ws(
 Runner = Callable[..., Result]
 
 
-@pytest.fixture(params=["http", pytest.param("ws", marks=WS_XFAIL)])
+@pytest.fixture(params=["http", "ws"])
 def run(request, client) -> Runner:
     """``run(sprite, args, env=, cwd=, stdin=)`` over one transport."""
     if request.param == "http":
@@ -164,8 +162,9 @@ def test_stdin_round_trip(run, shared_sprite):
     assert r == Result(0, data, b"")
 
 
-def test_large_stdin(run, shared_sprite):
-    data = bytes(65 + (i * 7) % 26 for i in range(256 * 1024))
+def test_large_binary_stdin(run, shared_sprite):
+    # Every byte value, 0x00 and 0x04 included (the WebSocket stdin frame and EOF markers).
+    data = random.Random(7).randbytes(256 * 1024) + bytes(range(256)) * 4
     r = run(shared_sprite, ["sha256sum"], stdin=data)
     assert r.code == 0, r.stderr
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
@@ -222,6 +221,13 @@ def test_dir(run, shared_sprite, d):
     assert r == Result(0, f"{d}\n".encode(), b"")
 
 
+def test_missing_dir_fails_without_running(run, shared_sprite):
+    r = run(shared_sprite, ["sh", "-c", "echo ran"], cwd="/no/such/dir")
+    assert r.code != 0
+    assert r.stdout == b""
+    assert b"/no/such/dir" in r.stderr
+
+
 def test_default_dir_is_home(run, shared_sprite):
     assert run(shared_sprite, ["pwd"]) == Result(0, b"/home/sprite\n", b"")
 
@@ -271,7 +277,6 @@ def test_restart_keeps_file(run, client, make_sprite):
 # SDK-level WebSocket API (subprocess-style helpers, errors, control-mode fallback)
 
 
-@WS_XFAIL
 def test_sdk_run_capture_output(shared_sprite):
     cp = shared_sprite.run("sh", "-c", "echo out; echo err >&2; exit 4", capture_output=True, timeout=60)
     assert cp.returncode == 4
@@ -280,7 +285,6 @@ def test_sdk_run_capture_output(shared_sprite):
     assert cp.args == ["sh", "-c", "echo out; echo err >&2; exit 4"]
 
 
-@WS_XFAIL
 def test_sdk_run_check_raises_exec_error(shared_sprite):
     with pytest.raises(ExecError) as ei:
         shared_sprite.run("sh", "-c", "echo bad >&2; exit 3", capture_output=True, check=True, timeout=60)
@@ -288,14 +292,25 @@ def test_sdk_run_check_raises_exec_error(shared_sprite):
     assert ei.value.stderr == b"bad\n"
 
 
-@WS_XFAIL
 def test_sdk_output_and_combined_output(shared_sprite):
     assert shared_sprite.command("echo", "hi", timeout=60).output() == b"hi\n"
     combined = shared_sprite.command("sh", "-c", "echo o; echo e >&2", timeout=60).combined_output()
     assert sorted(combined.splitlines()) == [b"e", b"o"]
 
 
-@WS_XFAIL
+def test_sdk_tty_run(shared_sprite):
+    # TTY mode: raw PTY output, exit code from the {"type":"exit"} text message.
+    cp = shared_sprite.run(
+        "sh", "-c", "tty; stty size; echo err >&2; exit 4",
+        tty=True, tty_rows=33, tty_cols=101, capture_output=True, timeout=60,
+    )
+    assert cp.returncode == 4
+    lines = cp.stdout.replace(b"\r\n", b"\n").splitlines()
+    assert lines[0].startswith(b"/dev/pts/"), cp.stdout
+    assert lines[1:] == [b"33 101", b"err"], cp.stdout
+    assert cp.stderr == b""
+
+
 def test_sdk_timeout_then_sprite_still_usable(shared_sprite):
     t = time.monotonic()
     with pytest.raises(SpriteTimeoutError):
@@ -304,7 +319,6 @@ def test_sdk_timeout_then_sprite_still_usable(shared_sprite):
     assert shared_sprite.run("echo", "alive", capture_output=True, timeout=60).stdout == b"alive\n"
 
 
-@WS_XFAIL
 def test_sdk_control_mode_falls_back_to_direct(server, shared_sprite):
     # /control answers 404: the SDK must fall back to the direct exec socket.
     with server.client(control_mode=True) as c:
@@ -315,6 +329,78 @@ def test_sdk_control_mode_falls_back_to_direct(server, shared_sprite):
         assert s._control_mode_supported is False
         # Later commands go straight to the direct socket.
         assert s.run("whoami", capture_output=True, timeout=60).stdout == b"sprite\n"
+
+
+def test_sdk_list_sessions_shows_running_command(shared_sprite):
+    import threading
+
+    marker = "2.25"  # a sleep length no other test uses, to find this session
+    t = threading.Thread(target=lambda: shared_sprite.run("sleep", marker, timeout=60))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        mine = []
+        while time.monotonic() < deadline and not mine:
+            mine = [x for x in shared_sprite.list_sessions() if x.command == f"sleep {marker}"]
+            time.sleep(0.1)
+        assert len(mine) == 1, shared_sprite.list_sessions()
+        sess = mine[0]
+        assert isinstance(sess.id, str) and sess.id
+        assert sess.is_active is True
+        assert sess.tty is False
+        assert sess.workdir == "/home/sprite"
+        # The module-level helper reads the same endpoint.
+        from sprites.session import list_sessions
+
+        assert sess.id in {x.id for x in list_sessions(shared_sprite)}
+    finally:
+        t.join(timeout=60)
+    after = [x for x in shared_sprite.list_sessions() if x.id == sess.id]
+    assert after == [] or after[0].is_active is False
+
+
+def test_sdk_kill_session(shared_sprite):
+    import threading
+
+    from sprites.session import kill_session
+
+    res = {}
+    t = threading.Thread(
+        target=lambda: res.update(cp=shared_sprite.run("sleep", "44.5", capture_output=True, timeout=60))
+    )
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        mine = []
+        while time.monotonic() < deadline and not mine:
+            mine = [x for x in shared_sprite.list_sessions() if x.command == "sleep 44.5"]
+            time.sleep(0.1)
+        assert mine, "session of the running command not listed"
+        # sprites-py sends the signal in a JSON body ({"signal": .., "timeout": ..}).
+        stream = kill_session(shared_sprite, mine[0].id, signal="SIGUSR1", timeout=5)
+        types = [m.type for m in stream]
+        assert "signal" in types and types[-1] == "complete", types
+    finally:
+        t.join(timeout=60)
+    assert res["cp"].returncode == 128 + 10  # SIGUSR1
+    with pytest.raises(APIError) as ei:
+        kill_session(shared_sprite, "999999")
+    assert ei.value.status_code == 404
+
+
+def test_sdk_disconnect_stops_non_tty_command(shared_sprite):
+    # A non-TTY command whose client went away is killed after max_run_after_disconnect (10 s).
+    with pytest.raises(SpriteTimeoutError):
+        shared_sprite.run("sleep", "61.5", timeout=1)
+    probe = ["pgrep", "-f", "sleep 61[.]5"]
+    assert shared_sprite.run(*probe, timeout=60).returncode == 0, "killed at once, not after 10 s"
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        if shared_sprite.run(*probe, timeout=60).returncode == 1:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("command still running 25 s after its client disconnected")
 
 
 def test_ws_exec_missing_sprite_is_404(client):
@@ -391,7 +477,6 @@ def test_http_exec_other_org_is_404(other_org, shared_sprite):
     assert r.status_code == 404
 
 
-@WS_XFAIL
 def test_file_written_over_http_is_read_over_ws(client, shared_sprite):
     token = unique_name("cross")
     assert exec_http(client, shared_sprite.name, ["sh", "-c", f"echo {token} > ~/cross.txt"]).code == 0

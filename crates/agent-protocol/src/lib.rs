@@ -64,6 +64,10 @@ pub struct AgentInfo {
     pub kernel: String,
 }
 
+/// Environment variable through which the launcher hands the agent the sprite's own
+/// environment (a JSON object), laid under every command's environment.
+pub const SPRITE_ENV_VAR: &str = "SPRITE_DEFAULT_ENV";
+
 /// Uid of the unprivileged `sprite` user inside every sprite.
 pub const SPRITE_UID: u32 = 1000;
 

@@ -56,7 +56,20 @@ pub fn default_env(tty: bool) -> Vec<(String, String)> {
     if tty {
         env.push(("TERM".into(), "xterm-256color".into()));
     }
+    env.extend(sprite_env().iter().map(|(k, v)| (k.clone(), v.clone())));
     env
+}
+
+/// The sprite's own environment, given at creation (see `SPRITE_ENV_VAR`).
+fn sprite_env() -> &'static std::collections::BTreeMap<String, String> {
+    static ENV: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
+        std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::var(sprites_agent_protocol::SPRITE_ENV_VAR)
+            .ok()
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default()
+    })
 }
 
 /// Supplementary groups of the sprite user, read from `/etc/group` before forking.
@@ -165,8 +178,7 @@ pub async fn http_exec(
         .get(FRAMING_HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(FRAMING_LENGTH_PREFIXED));
-    let session = crate::spawn::start(reg, &parsed);
-    let reader = session.attach(session.start_offset());
+    let (session, reader) = crate::spawn::start(reg, &parsed);
     if parsed.stdin {
         let input = session.input.clone();
         let mut body = req.into_body().into_data_stream();

@@ -239,6 +239,11 @@ impl Session {
         (out, cursor, st.exit)
     }
 
+    /// Offset just past the last byte written.
+    pub fn end_offset(&self) -> u64 {
+        self.lock().end
+    }
+
     /// Offset where replay of everything kept starts.
     pub fn start_offset(&self) -> u64 {
         let st = self.lock();
@@ -314,6 +319,12 @@ impl Session {
         };
         self.detach_epoch.fetch_add(1, Ordering::SeqCst);
         id
+    }
+
+    /// Where a reader stands.
+    pub fn reader_cursor(&self, reader: u64) -> u64 {
+        let st = self.lock();
+        st.readers.get(&reader).copied().unwrap_or(st.end)
     }
 
     /// Records how far a reader got, letting a held-back process go on.

@@ -21,9 +21,11 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// Non-TTY default of `max_run_after_disconnect`.
 const NON_TTY_MAX_RUN: Duration = Duration::from_secs(10);
 
-/// Starts `req` as a new session. A command that cannot start still makes a session, which
-/// holds the error on stderr and the exit code the docs give (127 not found, 126 not executable).
-pub fn start(reg: &Arc<Registry>, req: &ExecRequest) -> Arc<Session> {
+/// Starts `req` as a new session with one reader already attached at offset 0 (so nothing
+/// the process writes before its client is ready can be lost); returns the reader's id.
+/// A command that cannot start still makes a session, which holds the error on stderr and the
+/// exit code the docs give (127 not found, 126 not executable).
+pub fn start(reg: &Arc<Registry>, req: &ExecRequest) -> (Arc<Session>, u64) {
     let n = reg.next_id();
     let argv = req.argv();
     let workdir = req
@@ -65,8 +67,9 @@ pub fn start(reg: &Arc<Registry>, req: &ExecRequest) -> Arc<Session> {
                 input_tx,
             ));
             reg.insert(n, s.clone());
+            let reader = s.attach(0);
             tokio::spawn(run(s.clone(), child, io, input_rx));
-            s
+            (s, reader)
         }
         Err(e) => {
             let (code, msg) = spawn_failure(req, &e);
@@ -81,10 +84,11 @@ pub fn start(reg: &Arc<Registry>, req: &ExecRequest) -> Arc<Session> {
                 None,
                 input_tx,
             ));
+            let reader = s.attach(0);
             s.push(if req.tty { OUT } else { STREAM_STDERR }, Bytes::from(msg));
             s.finish(code);
             reg.insert(n, s.clone());
-            s
+            (s, reader)
         }
     }
 }
@@ -175,12 +179,23 @@ async fn run(
         }
     }
     let status = child.wait().await;
-    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
-    for task in readers {
-        let abort = task.abort_handle();
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            abort.abort();
+    // Read what is left in the pipes. A background child may hold them open forever, so stop
+    // once they have been quiet for a while; but never while a slow client holds the output
+    // back, or output would be lost.
+    let mut last_end = s.end_offset();
+    let mut quiet_since = tokio::time::Instant::now();
+    while readers.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let end = s.end_offset();
+        if end != last_end || !s.has_room() {
+            last_end = end;
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() >= DRAIN_AFTER_EXIT {
+            break;
         }
+    }
+    for task in readers {
+        task.abort();
     }
     let code = match status {
         Ok(st) => {

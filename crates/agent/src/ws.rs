@@ -66,34 +66,51 @@ pub async fn attach(
 }
 
 async fn upgrade(reg: Arc<Registry>, parsed: ExecRequest, req: Request) -> Response {
-    let (session, owner) = match &parsed.id {
-        Some(id) => match reg.get(id) {
-            Some(s) => (s, false),
-            None => return error(ErrorCode::NotFound, "exec session not found"),
-        },
-        None => (crate::spawn::start(&reg, &parsed), true),
-    };
     let (mut parts, _) = req.into_parts();
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(w) => w,
         Err(e) => return error(ErrorCode::BadRequest, format!("WebSocket upgrade: {e}")),
     };
-    let start = match parsed.output_offset {
-        Some(off) => off.max(session.start_offset()),
-        None => session.start_offset(),
+    // A new session gets its reader before the process can write; an attach registers one
+    // at the requested offset (or the oldest output still kept).
+    let (session, reader, owner) = match &parsed.id {
+        Some(id) => match reg.get(id) {
+            Some(s) => {
+                let start = match parsed.output_offset {
+                    Some(off) => off.max(s.start_offset()),
+                    None => s.start_offset(),
+                };
+                let r = s.attach(start);
+                (s, r, false)
+            }
+            None => return error(ErrorCode::NotFound, "exec session not found"),
+        },
+        None => {
+            let (s, r) = crate::spawn::start(&reg, &parsed);
+            (s, r, true)
+        }
     };
+    let start = session.reader_cursor(reader);
     let stdin = parsed.stdin || parsed.id.is_some();
+    let failed = session.clone();
     let mut resp = ws
         .max_message_size(16 << 20)
-        .on_upgrade(move |socket| client(socket, session, start, owner, stdin));
+        .on_failed_upgrade(move |_| failed.detach(reader))
+        .on_upgrade(move |socket| client(socket, session, reader, start, owner, stdin));
     resp.headers_mut()
         .insert(CAPABILITIES_HEADER, HeaderValue::from_static("signal"));
     resp
 }
 
 /// Serves one WebSocket client of a session until the process ends or the client leaves.
-async fn client(socket: WebSocket, s: Arc<Session>, mut cursor: u64, owner: bool, stdin: bool) {
-    let reader = s.attach(cursor);
+async fn client(
+    socket: WebSocket,
+    s: Arc<Session>,
+    reader: u64,
+    mut cursor: u64,
+    owner: bool,
+    stdin: bool,
+) {
     let (mut tx, mut rx) = socket.split();
     let (cols, rows) = s.size();
     let info = json!({

@@ -507,10 +507,18 @@ fn child_main(
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    let env_json = serde_json::to_string(&cfg.spec.env).unwrap_or_else(|_| "{}".into());
+    let sprite_env = match CString::new(format!(
+        "{}={env_json}",
+        sprites_agent_protocol::SPRITE_ENV_VAR
+    )) {
+        Ok(c) => c,
+        Err(_) => return fail("sprite environment contains a NUL byte".into()),
+    };
     // SAFETY: single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let e = pid1_main(fds, &prog);
+            let e = pid1_main(fds, &prog, &sprite_env);
             fail(e)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -540,14 +548,18 @@ fn borrowed(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 }
 
 /// P: becomes the sprite's PID 1. Returns only on failure, with the reason.
-fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram) -> String {
-    match pid1_setup(fds, prog) {
+fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram, sprite_env: &CString) -> String {
+    match pid1_setup(fds, prog, sprite_env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn pid1_setup(fds: &ChildFds, prog: &seccompiler::BpfProgram) -> Res<std::convert::Infallible> {
+fn pid1_setup(
+    fds: &ChildFds,
+    prog: &seccompiler::BpfProgram,
+    sprite_env: &CString,
+) -> Res<std::convert::Infallible> {
     // The working directory is the sprite's root (see child_main). Mounts copied from the
     // launcher's namespace are locked and pivot_root refuses a locked new root, so the root
     // is bind-mounted onto itself here, inside our own namespace, and entered again.
@@ -627,6 +639,7 @@ fn pid1_setup(fds: &ChildFds, prog: &seccompiler::BpfProgram) -> Res<std::conver
             .map_err(ctx("env"))?,
         CString::new("HOME=/root").map_err(ctx("env"))?,
         CString::new("LANG=C.UTF-8").map_err(ctx("env"))?,
+        sprite_env.clone(),
     ];
     nix::unistd::execve(&path, &args, &env).map_err(ctx("exec agent"))
 }

@@ -39,6 +39,9 @@ pub struct SpriteSpec {
     pub memory_limit: u64,
     /// Most processes the sprite may have.
     pub pids_limit: u64,
+    /// Environment every command in the sprite starts with (set at creation).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// A byte stream to the agent inside a running sprite.

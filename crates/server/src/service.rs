@@ -54,6 +54,7 @@ impl Sprites {
             uid_base: UID_BASE + rec.uid_slot * UID_RANGE,
             memory_limit,
             pids_limit: self.cfg.pids_limit,
+            env: serde_json::from_str(&rec.environment).unwrap_or_default(),
         }
     }
 

@@ -81,6 +81,22 @@ async fn output_exit_codes_stdin_env_dir() {
     assert_eq!((o.stdout.as_str(), o.code), ("started\n", Some(0)));
 
     // Files persist between execs.
+    let (st, v) = api.json(Method::POST, "/v1/sprites", Some(serde_json::json!({"name": "envy", "environment": {"FROM_CREATE": "yes", "PATH_EXTRA": "a=b"}}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let o = api.sh("envy", "echo $FROM_CREATE $PATH_EXTRA").await;
+    assert_eq!(
+        o.stdout, "yes a=b\n",
+        "create-time environment reaches commands"
+    );
+    let o = api
+        .exec_with(
+            "envy",
+            &["sh", "-c", "echo $FROM_CREATE"],
+            &[("env", "FROM_CREATE=overridden")],
+            None,
+        )
+        .await;
+    assert_eq!(o.stdout, "overridden\n", "request env wins");
     api.sh("ex", "echo kept > ~/note").await;
     assert_eq!(
         api.exec("ex", &["cat", "/home/sprite/note"]).await.stdout,

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sprites/{name}/services", any(forward::services))
         .route("/sprites/{name}/services/{*rest}", any(forward::services))
         .route("/sprites/{name}/restart", post(sprites::restart))
+        .route("/sprites/{name}/upgrade", post(sprites::upgrade))
         .route(
             "/sprites/{name}/control",
             any(|| async {

@@ -88,6 +88,18 @@ pub async fn restart(
     })))
 }
 
+/// `POST /v1/sprites/{name}/upgrade`: 204. The agent and base image are the server's own and
+/// every boot uses the current ones, so there is nothing to download; a running sprite picks
+/// up a newer agent at its next boot.
+pub async fn upgrade(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.find(&org, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(serde::Deserialize, serde::Serialize)]
 struct Continuation {
     last: String,

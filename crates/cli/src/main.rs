@@ -1,1 +1,207 @@
-fn main() {}
+//! `sprite`: the command line for Sprites, compatible with the official CLI's habits.
+//!
+//! Architecture invariant: it talks to the server only through the `sprites` SDK (`sprite api`
+//! hands a request to curl, as the official CLI does).
+
+mod commands;
+mod config;
+mod context;
+mod terminal;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sprite",
+    version,
+    about = "Persistent, isolated Linux sandboxes",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Organization to use.
+    #[arg(short = 'o', long = "org", global = true)]
+    pub org: Option<String>,
+    /// Sprite to use.
+    #[arg(short = 's', long = "sprite", global = true)]
+    pub sprite: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Log in to an API endpoint with a token (prompts for it).
+    Login {
+        /// API URL (default: $SPRITES_API_URL, else the current one, else http://127.0.0.1:7780).
+        api_url: Option<String>,
+    },
+    /// Remove all Sprites configuration.
+    Logout,
+    /// Non-interactive authentication.
+    Auth {
+        #[command(subcommand)]
+        cmd: AuthCmd,
+    },
+    /// Manage organizations and tokens.
+    #[command(visible_aliases = ["orgs", "organizations", "o"])]
+    Org {
+        #[command(subcommand)]
+        cmd: OrgCmd,
+    },
+    /// Create a sprite.
+    Create {
+        /// Name (or -s).
+        name: Option<String>,
+        /// Do not open a console afterwards.
+        #[arg(long)]
+        skip_console: bool,
+    },
+    /// Set the sprite for this directory (writes .sprite).
+    Use {
+        /// Sprite name.
+        name: String,
+    },
+    /// List sprites.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only names starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Destroy a sprite and everything it holds.
+    #[command(visible_aliases = ["delete", "rm"])]
+    Destroy {
+        /// Name (or -s / .sprite).
+        name: Option<String>,
+        /// Do not ask.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Run a command in the sprite.
+    #[command(visible_alias = "x")]
+    Exec(commands::exec::ExecArgs),
+    /// Open an interactive shell in the sprite (Ctrl+\ detaches).
+    #[command(visible_alias = "c")]
+    Console,
+    /// List, attach to and kill exec sessions.
+    #[command(visible_alias = "s")]
+    Sessions {
+        #[command(subcommand)]
+        cmd: SessionsCmd,
+    },
+    /// Attach to a running session (the most recent TTY session if no id is given).
+    Attach {
+        /// Session id.
+        id: Option<String>,
+    },
+    /// Show or change the sprite's URL settings.
+    Url {
+        #[command(subcommand)]
+        cmd: Option<UrlCmd>,
+    },
+    /// Make an authenticated API call with curl; arguments after PATH go to curl.
+    Api {
+        /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).
+        path: String,
+        /// Arguments for curl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        curl_args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuthCmd {
+    /// Store a pre-generated token (org-slug/org-id/token-id/secret).
+    Setup {
+        /// The token.
+        #[arg(long)]
+        token: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OrgCmd {
+    /// Show configured tokens.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove tokens (of -o ORG, else of the current API URL).
+    Logout {
+        /// Skip the confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a token for an API URL (prompts for it).
+    Auth {
+        /// API URL.
+        api_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// List sessions.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Attach to a session.
+    Attach {
+        /// Session id.
+        id: Option<String>,
+    },
+    /// Kill a session.
+    Kill {
+        /// Session id.
+        id: String,
+        /// Signal to send first.
+        #[arg(long, default_value = "SIGTERM")]
+        signal: String,
+        /// Wait before SIGKILL.
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UrlCmd {
+    /// Change who may use the URL.
+    Update {
+        /// public, sprite, or default (= sprite).
+        #[arg(long, short = 'a')]
+        auth: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    };
+    let code = match rt.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            1
+        }
+    };
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code)
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}

@@ -1,0 +1,127 @@
+//! `login`, `auth setup`, `org list|logout`, `logout`.
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{self, Config};
+
+fn api_url(arg: Option<String>, cfg: &Config) -> String {
+    arg.or_else(|| {
+        std::env::var("SPRITES_API_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    })
+    .or_else(|| Some(cfg.current_selection.url.clone()).filter(|u| !u.is_empty()))
+    .unwrap_or_else(|| config::DEFAULT_URL.to_string())
+    .trim_end_matches('/')
+    .to_string()
+}
+
+/// Checks the token against the server and stores it.
+async fn store(url: &str, token: &str) -> Result<i32> {
+    let home = config::home()?;
+    let mut cfg = Config::load(&home)?;
+    let client = sprites::Client::new(token).base_url(url);
+    client
+        .list_sprites(&sprites::ListOptions {
+            max_results: Some(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(crate::context::friendly)
+        .with_context(|| format!("checking the token against {url}"))?;
+    let org = cfg.add_token(url, token)?;
+    cfg.save(&home)?;
+    println!("Authenticated to {url} as org {org}.");
+    Ok(0)
+}
+
+/// `sprite login [api-url]`: a self-hosted server has no browser flow, so ask for a token.
+pub async fn login(url_arg: Option<String>) -> Result<i32> {
+    let cfg = Config::load(&config::home()?)?;
+    let url = api_url(url_arg, &cfg);
+    eprint!("Paste a token for {url}: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the token")?;
+    let token = line.trim();
+    if token.is_empty() {
+        bail!("no token given (create one with `spritesd token create --org ORG`)");
+    }
+    store(&url, token).await
+}
+
+/// `sprite auth setup --token T`.
+pub async fn setup(token: &str) -> Result<i32> {
+    let cfg = Config::load(&config::home()?)?;
+    let url = api_url(None, &cfg);
+    store(&url, token.trim()).await
+}
+
+/// `sprite org list`.
+pub fn org_list() -> Result<i32> {
+    let cfg = Config::load(&config::home()?)?;
+    if cfg.urls.is_empty() {
+        println!("No organizations configured; run `sprite auth setup --token TOKEN`.");
+        return Ok(0);
+    }
+    for (url, entry) in &cfg.urls {
+        println!("{url}:");
+        for org in entry.orgs.keys() {
+            let current = cfg.current_selection.url == *url && cfg.current_selection.org == *org;
+            println!("  {org}{}", if current { " (current)" } else { "" });
+        }
+    }
+    Ok(0)
+}
+
+/// `sprite org logout [-o ORG] [--force]`.
+pub fn org_logout(org: Option<String>, force: bool) -> Result<i32> {
+    let home = config::home()?;
+    let mut cfg = Config::load(&home)?;
+    let url = api_url(None, &cfg);
+    let what = match &org {
+        Some(o) => format!("the token of org {o} at {url}"),
+        None => format!("every token for {url}"),
+    };
+    if !force {
+        if !crate::terminal::stdin_is_tty() {
+            bail!("refusing to remove {what} without --force when stdin is not a terminal");
+        }
+        if !super::confirm(&format!("Remove {what}?"))? {
+            return Ok(1);
+        }
+    }
+    match org {
+        Some(o) => {
+            if let Some(e) = cfg.urls.get_mut(&url) {
+                e.orgs.remove(&o);
+            }
+        }
+        None => {
+            cfg.urls.remove(&url);
+        }
+    }
+    if cfg
+        .urls
+        .get(&cfg.current_selection.url)
+        .is_none_or(|e| !e.orgs.contains_key(&cfg.current_selection.org))
+    {
+        cfg.current_selection = Default::default();
+    }
+    cfg.save(&home)?;
+    println!("Removed {what}.");
+    Ok(0)
+}
+
+/// `sprite logout`: remove all configuration.
+pub fn logout() -> Result<i32> {
+    let home = config::home()?;
+    let dir = home.join(".sprites");
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => println!("Removed {}.", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("Nothing to remove."),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    Ok(0)
+}

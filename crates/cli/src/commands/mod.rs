@@ -1,0 +1,71 @@
+//! One module per group of subcommands; [`run`] dispatches.
+
+pub mod api;
+pub mod auth;
+pub mod exec;
+pub mod sprites;
+
+use anyhow::Result;
+
+use crate::context::Ctx;
+use crate::{Cli, Cmd, OrgCmd, SessionsCmd};
+
+/// Runs the command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let Cli { org, sprite, cmd } = cli;
+    match cmd {
+        Cmd::Login { api_url } => auth::login(api_url).await,
+        Cmd::Org {
+            cmd: OrgCmd::Auth { api_url },
+        } => auth::login(api_url).await,
+        Cmd::Auth {
+            cmd: crate::AuthCmd::Setup { token },
+        } => auth::setup(&token).await,
+        Cmd::Logout => auth::logout(),
+        Cmd::Org { cmd: OrgCmd::List } => auth::org_list(),
+        Cmd::Org {
+            cmd: OrgCmd::Logout { force },
+        } => auth::org_logout(org, force),
+        other => {
+            let ctx = Ctx::resolve(org, sprite)?;
+            match other {
+                Cmd::Create { name, skip_console } => {
+                    sprites::create(&ctx, name, skip_console).await
+                }
+                Cmd::Use { name } => sprites::use_sprite(&ctx, &name).await,
+                Cmd::List { prefix } => sprites::list(&ctx, prefix).await,
+                Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,
+                Cmd::Url { cmd } => sprites::url(&ctx, cmd).await,
+                Cmd::Exec(args) => exec::exec(&ctx, args).await,
+                Cmd::Console => exec::console(&ctx).await,
+                Cmd::Sessions {
+                    cmd: SessionsCmd::List,
+                } => exec::sessions_list(&ctx).await,
+                Cmd::Sessions {
+                    cmd: SessionsCmd::Attach { id },
+                }
+                | Cmd::Attach { id } => exec::attach(&ctx, id).await,
+                Cmd::Sessions {
+                    cmd:
+                        SessionsCmd::Kill {
+                            id,
+                            signal,
+                            timeout,
+                        },
+                } => exec::kill(&ctx, &id, &signal, &timeout).await,
+                Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
+                _ => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// Asks a yes/no question on the terminal; `false` unless the answer starts with y.
+pub fn confirm(question: &str) -> Result<bool> {
+    use std::io::Write;
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}

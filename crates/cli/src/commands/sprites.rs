@@ -1,0 +1,97 @@
+//! `create`, `use`, `list`, `destroy`, `url`.
+
+use anyhow::{bail, Context, Result};
+use sprites_api::{UpdateSpriteRequest, UrlSettings};
+
+use crate::config::Local;
+use crate::context::{friendly, Ctx};
+use crate::UrlCmd;
+
+/// `sprite create [NAME] [--skip-console]`.
+pub async fn create(ctx: &Ctx, name: Option<String>, skip_console: bool) -> Result<i32> {
+    let name = ctx.sprite_name(name)?;
+    if let Err(m) = sprites_api::names::validate_sprite_name(&name) {
+        bail!("{m}");
+    }
+    let client = ctx.client()?;
+    let s = client.create_sprite(&name).await.map_err(friendly)?;
+    println!("Created sprite {} ({})", s.name, s.status.as_str());
+    if !skip_console && crate::terminal::stdin_is_tty() {
+        return super::exec::console_for(&client.sprite(&name)).await;
+    }
+    Ok(0)
+}
+
+/// `sprite use NAME`: writes `.sprite` in the current directory.
+pub async fn use_sprite(ctx: &Ctx, name: &str) -> Result<i32> {
+    ctx.client()?.get_sprite(name).await.map_err(friendly)?;
+    let local = Local {
+        organization: ctx.org.clone(),
+        sprite: name.to_string(),
+    };
+    std::fs::write(".sprite", serde_json::to_vec_pretty(&local)?).context("writing .sprite")?;
+    println!("Using sprite {name} in this directory (.sprite).");
+    Ok(0)
+}
+
+/// `sprite list [--prefix P]`.
+pub async fn list(ctx: &Ctx, prefix: Option<String>) -> Result<i32> {
+    let all = ctx
+        .client()?
+        .list_all_sprites(prefix.as_deref())
+        .await
+        .map_err(friendly)?;
+    if all.is_empty() {
+        eprintln!("No sprites.");
+    }
+    for s in all {
+        println!("{}\t{}", s.name, s.status.as_str());
+    }
+    Ok(0)
+}
+
+/// `sprite destroy [NAME] [--force]`.
+pub async fn destroy(ctx: &Ctx, name: Option<String>, force: bool) -> Result<i32> {
+    let name = ctx.sprite_name(name)?;
+    if !force {
+        if !crate::terminal::stdin_is_tty() {
+            bail!("refusing to destroy without --force when stdin is not a terminal");
+        }
+        if !super::confirm(&format!("Destroy sprite {name}? This cannot be undone."))? {
+            eprintln!("Not destroyed.");
+            return Ok(1);
+        }
+    }
+    ctx.client()?.delete_sprite(&name).await.map_err(friendly)?;
+    println!("Destroyed sprite {name}");
+    Ok(0)
+}
+
+/// `sprite url` and `sprite url update --auth public|sprite|default`.
+pub async fn url(ctx: &Ctx, cmd: Option<UrlCmd>) -> Result<i32> {
+    let sprite = ctx.sprite()?;
+    let s = match cmd {
+        None => sprite.get().await.map_err(friendly)?,
+        Some(UrlCmd::Update { auth }) => {
+            let auth = match auth.as_str() {
+                "public" => "public",
+                "sprite" | "default" => "sprite",
+                other => bail!("--auth must be public, sprite or default, not {other:?}"),
+            };
+            let req = UpdateSpriteRequest {
+                url_settings: Some(UrlSettings {
+                    auth: Some(auth.into()),
+                    private_access: None,
+                }),
+                ..Default::default()
+            };
+            sprite.update(&req).await.map_err(friendly)?
+        }
+    };
+    println!("URL: {}", s.url);
+    println!(
+        "Auth: {}",
+        s.url_settings.auth.as_deref().unwrap_or("sprite")
+    );
+    Ok(0)
+}

@@ -1,0 +1,293 @@
+//! The `sprite` CLI against a real spritesd, as a person would use it.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sprites_testing::TestServer;
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(s: &TestServer, args: &[&str]) -> String {
+    let o = s.run_cli(args).unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "sprite {args:?} failed: {err}");
+    out
+}
+
+/// One readable line on stderr, no panic, non-zero exit.
+fn fails(s: &TestServer, args: &[&str]) -> String {
+    let o = s.run_cli(args).unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "sprite {args:?} should fail");
+    assert_eq!(o.status.code(), Some(1), "sprite {args:?}: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn everyday_commands() {
+    let s = TestServer::start().unwrap();
+    let err = fails(&s, &["list"]);
+    assert!(err.contains("not logged in"), "{err}");
+    let out = ok(&s, &["auth", "setup", "--token", &s.token]);
+    assert!(out.contains("as org personal"), "{out}");
+    let cfg = std::fs::read_to_string(s.home.join(".sprites/sprites.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(v["current_selection"]["org"], "personal");
+    assert_eq!(
+        v["urls"][&s.url]["orgs"]["personal"]["api_token"],
+        s.token.as_str()
+    );
+
+    ok(&s, &["create", "box", "--skip-console"]);
+    assert!(ok(&s, &["list"]).contains("box\trunning"));
+    assert_eq!(ok(&s, &["exec", "-s", "box", "--", "hostname"]), "box\n");
+    let o = s
+        .run_cli(&[
+            "exec",
+            "-s",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 5",
+        ])
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "remote exit code passes through");
+    assert_eq!(text(&o), ("out\n".into(), "err\n".into()));
+    let o = s
+        .run_cli(&[
+            "exec",
+            "-s",
+            "box",
+            "--env",
+            "A=1,B=two",
+            "--dir",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $A $B $(pwd)",
+        ])
+        .unwrap();
+    assert_eq!(text(&o).0, "1 two /tmp\n");
+    let o = s
+        .run_cli(&[
+            "exec",
+            "-s",
+            "box",
+            "--http-post",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+
+    // stdin is piped through.
+    let mut child = s
+        .cli()
+        .args(["exec", "-s", "box", "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&vec![b'x'; 100_000])
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "100000");
+
+    // `use` writes .sprite; commands pick it up.
+    ok(&s, &["use", "box"]);
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.home.join(".sprite")).unwrap()).unwrap();
+    assert_eq!(local["sprite"], "box");
+    assert_eq!(ok(&s, &["exec", "--", "whoami"]), "sprite\n");
+    let out = ok(&s, &["url"]);
+    assert!(
+        out.contains("box-personal.sprites.localhost") && out.contains("Auth: sprite"),
+        "{out}"
+    );
+    assert!(ok(&s, &["url", "update", "--auth", "public"]).contains("Auth: public"));
+    assert!(ok(&s, &["url", "update", "--auth", "default"]).contains("Auth: sprite"));
+    fails(&s, &["url", "update", "--auth", "everyone"]);
+    let out = ok(&s, &["api", "/sprites"]);
+    assert!(out.contains("\"sprites\""), "{out}");
+    let out = ok(&s, &["api", "-s", "box", "/exec"]);
+    assert!(out.contains("\"sessions\""), "{out}");
+
+    let err = fails(&s, &["exec", "-s", "nope", "--", "true"]);
+    assert!(err.contains("sprite \"nope\" not found"), "{err}");
+    fails(&s, &["create", "Bad_Name", "--skip-console"]);
+    let err = fails(&s, &["destroy", "box"]);
+    assert!(err.contains("--force"), "{err}");
+    ok(&s, &["destroy", "box", "--force"]);
+    assert!(!ok(&s, &["list"]).contains("box"));
+
+    // A wrong token is one clear line too.
+    let o = s
+        .cli()
+        .env("SPRITE_TOKEN", "personal/x/y/z")
+        .env("HOME", s.home.join("empty"))
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("rejected the token"), "{:?}", text(&o));
+
+    // login reads the token from stdin; org list; logout.
+    let home2 = s.home.join("h2");
+    std::fs::create_dir_all(&home2).unwrap();
+    let mut c = s
+        .cli()
+        .env("HOME", &home2)
+        .arg("login")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{}", s.token).unwrap();
+    assert!(c.wait_with_output().unwrap().status.success());
+    let o = s
+        .cli()
+        .env("HOME", &home2)
+        .args(["org", "list"])
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains("personal (current)"));
+    let o = s
+        .cli()
+        .env("HOME", &home2)
+        .args(["logout"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!home2.join(".sprites").exists());
+}
+
+fn tmux(args: &[&str]) -> String {
+    let o = std::process::Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_screen(session: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if screen.contains(needle) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `sprite console` in a real terminal: type, read the screen, detach, list, reattach.
+#[test]
+fn console_detach_and_reattach_in_a_terminal() {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("tmux is needed for this test (scripts/setup.sh installs it)");
+    }
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "term", "--skip-console"]);
+    let session = format!("sprites-test-{}", std::process::id());
+    let sprite = sprites_testing::bin_dir().join("sprite");
+    let env = format!(
+        "HOME={} SPRITES_API_URL={} TERM=xterm-256color",
+        s.home.display(),
+        s.url
+    );
+    let cmdline = format!(
+        "env {env} {} console -s term; echo CONSOLE-EXIT=$?; sleep 30",
+        sprite.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &cmdline,
+    ]);
+    let guard = scopeguard(session.clone());
+    wait_screen(&session, "sprite@term");
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo typed-$((20+22)); stty size",
+        "Enter",
+    ]);
+    wait_screen(&session, "typed-42");
+    // The local terminal's size reaches the PTY.
+    wait_screen(&session, "30 120");
+    // Ctrl+\ detaches and says how to come back.
+    tmux(&["send-keys", "-t", &session, "C-\\"]);
+    let screen = wait_screen(&session, "CONSOLE-EXIT=0");
+    assert!(screen.contains("sprite attach -s term"), "{screen}");
+    let list = ok(&s, &["sessions", "list", "-s", "term"]);
+    assert!(
+        list.contains("yes"),
+        "the TTY session is still there: {list}"
+    );
+    // Reattach in a new terminal: the scrollback comes back.
+    let session2 = format!("{session}-b");
+    let cmdline = format!(
+        "env {env} {} attach -s term; echo ATTACH-EXIT=$?; sleep 30",
+        sprite.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session2,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &cmdline,
+    ]);
+    let _guard2 = scopeguard(session2.clone());
+    wait_screen(&session2, "typed-42");
+    tmux(&["send-keys", "-t", &session2, "exit 3", "Enter"]);
+    wait_screen(&session2, "ATTACH-EXIT=3");
+    drop(guard);
+}
+
+struct TmuxGuard(String);
+impl Drop for TmuxGuard {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+fn scopeguard(name: String) -> TmuxGuard {
+    TmuxGuard(name)
+}

@@ -1,0 +1,297 @@
+//! The client and sprite handles: CRUD over HTTP.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use sprites_api::{
+    CreateSpriteRequest, ListSpritesResponse, Sprite, UpdateSpriteRequest, UrlSettings,
+};
+
+use crate::error::{Error, Result};
+use crate::exec::Command;
+
+/// Default API endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://api.sprites.dev";
+
+/// A client for one server and token. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
+    timeout: Duration,
+}
+
+/// Options of [`Client::list_sprites`].
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// Only names with this prefix.
+    pub prefix: Option<String>,
+    /// Page size (the server clamps it).
+    pub max_results: Option<u32>,
+    /// Token from the previous page.
+    pub continuation_token: Option<String>,
+}
+
+impl Client {
+    /// A client for `token` against the public endpoint; see [`Client::base_url`].
+    pub fn new(token: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: DEFAULT_BASE_URL.into(),
+            token: token.into(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Points the client at another server (`http://127.0.0.1:7780`).
+    pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
+        self.base = url.as_ref().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// Timeout of plain requests (not of streams).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The base URL in use.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The token in use.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A request to `path` (starting with `/v1/`) with the token attached.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    pub(crate) fn connect_err(&self, e: reqwest::Error) -> Error {
+        if e.is_connect() || e.is_timeout() {
+            Error::Connect {
+                url: self.base.clone(),
+                source: e,
+            }
+        } else {
+            Error::Http(e)
+        }
+    }
+
+    /// Sends a request and checks its status; the body is returned on success.
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        ok: &[u16],
+    ) -> Result<bytes::Bytes> {
+        let resp = req
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.connect_err(e))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
+        if ok.contains(&status) || (ok.is_empty() && (200..300).contains(&status)) {
+            Ok(body)
+        } else {
+            Err(Error::from_body(status, &body))
+        }
+    }
+
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        ok: &[u16],
+    ) -> Result<T> {
+        let body = self.send(req, ok).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("unexpected response: {e}")))
+    }
+
+    /// Creates a sprite named `name` with default settings.
+    pub async fn create_sprite(&self, name: &str) -> Result<Sprite> {
+        self.create_sprite_with(&CreateSpriteRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Creates a sprite from a full request.
+    pub async fn create_sprite_with(&self, req: &CreateSpriteRequest) -> Result<Sprite> {
+        self.json(
+            self.request(reqwest::Method::POST, "/v1/sprites").json(req),
+            &[201],
+        )
+        .await
+    }
+
+    /// One sprite.
+    pub async fn get_sprite(&self, name: &str) -> Result<Sprite> {
+        self.json(
+            self.request(reqwest::Method::GET, &sprite_path(name, "")),
+            &[],
+        )
+        .await
+    }
+
+    /// One page of sprites.
+    pub async fn list_sprites(&self, opts: &ListOptions) -> Result<ListSpritesResponse> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = &opts.prefix {
+            q.push(("prefix", p.clone()));
+        }
+        if let Some(m) = opts.max_results {
+            q.push(("max_results", m.to_string()));
+        }
+        if let Some(t) = &opts.continuation_token {
+            q.push(("continuation_token", t.clone()));
+        }
+        self.json(
+            self.request(reqwest::Method::GET, "/v1/sprites").query(&q),
+            &[],
+        )
+        .await
+    }
+
+    /// Every sprite (with `prefix`), following continuation tokens.
+    pub async fn list_all_sprites(&self, prefix: Option<&str>) -> Result<Vec<Sprite>> {
+        let mut all = Vec::new();
+        let mut opts = ListOptions {
+            prefix: prefix.map(str::to_string),
+            max_results: Some(50),
+            continuation_token: None,
+        };
+        loop {
+            let page = self.list_sprites(&opts).await?;
+            all.extend(page.sprites);
+            match page.next_continuation_token {
+                Some(t) if page.has_more => opts.continuation_token = Some(t),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Partial update (URL settings, labels).
+    pub async fn update_sprite(&self, name: &str, req: &UpdateSpriteRequest) -> Result<Sprite> {
+        self.json(
+            self.request(reqwest::Method::PUT, &sprite_path(name, ""))
+                .json(req),
+            &[200],
+        )
+        .await
+    }
+
+    /// Deletes a sprite and everything it owns.
+    pub async fn delete_sprite(&self, name: &str) -> Result<()> {
+        self.send(
+            self.request(reqwest::Method::DELETE, &sprite_path(name, "")),
+            &[200, 204],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stops every process of a sprite and boots it again.
+    pub async fn restart_sprite(&self, name: &str) -> Result<()> {
+        self.send(
+            self.request(reqwest::Method::POST, &sprite_path(name, "/restart")),
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A handle on sprite `name` (no request is made).
+    pub fn sprite(&self, name: &str) -> SpriteHandle {
+        SpriteHandle {
+            client: self.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// `/v1/sprites/<name><rest>`, with the name escaped.
+pub(crate) fn sprite_path(name: &str, rest: &str) -> String {
+    let escaped: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    format!("/v1/sprites/{}{rest}", escaped.replace('+', "%20"))
+}
+
+/// A sprite, by name.
+#[derive(Clone, Debug)]
+pub struct SpriteHandle {
+    pub(crate) client: Client,
+    pub(crate) name: String,
+}
+
+impl SpriteHandle {
+    /// The sprite's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client behind the handle.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Fetches the sprite.
+    pub async fn get(&self) -> Result<Sprite> {
+        self.client.get_sprite(&self.name).await
+    }
+
+    /// Updates the sprite.
+    pub async fn update(&self, req: &UpdateSpriteRequest) -> Result<Sprite> {
+        self.client.update_sprite(&self.name, req).await
+    }
+
+    /// Sets who may use the sprite's URL (`"sprite"` or `"public"`).
+    pub async fn set_url_auth(&self, auth: &str) -> Result<Sprite> {
+        let req = UpdateSpriteRequest {
+            url_settings: Some(UrlSettings {
+                auth: Some(auth.into()),
+                private_access: None,
+            }),
+            ..Default::default()
+        };
+        self.update(&req).await
+    }
+
+    /// Deletes the sprite.
+    pub async fn delete(&self) -> Result<()> {
+        self.client.delete_sprite(&self.name).await
+    }
+
+    /// Restarts the sprite.
+    pub async fn restart(&self) -> Result<()> {
+        self.client.restart_sprite(&self.name).await
+    }
+
+    /// A command to run in the sprite, in the spirit of `std::process::Command`.
+    pub fn command<I, S>(&self, program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Command::new(self.clone(), program).args(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_base() {
+        assert_eq!(sprite_path("demo", "/exec"), "/v1/sprites/demo/exec");
+        assert_eq!(sprite_path("a b/c", ""), "/v1/sprites/a%20b%2Fc");
+        let c = Client::new("t").base_url("http://127.0.0.1:1/");
+        assert_eq!(c.url(), "http://127.0.0.1:1");
+    }
+}

@@ -8,7 +8,11 @@
 //! * streaming throughput of `cat` of 1 GiB through a session against `cat` of the same file
 //!   on the host into a pipe.
 //!
-//! Run with `cargo run --release -p sprites-bench` (as root; builds the image on first use).
+//! * `lifecycle`: warm-wake and cold-wake latency (first exec byte after the wake) beside the
+//!   same exec on a running sprite, and host memory of 100 idle sprites, warm and cold.
+//!
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|all]` (as root; builds the
+//! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
 use std::time::{Duration, Instant};
@@ -31,6 +35,18 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if which == "all" || which == "exec" {
+        exec_benches().await?;
+    }
+    if which == "all" || which == "lifecycle" {
+        lifecycle_benches().await?;
+    }
+    Ok(())
+}
+
+/// Creation and exec latency, WebSocket exec and streaming throughput.
+async fn exec_benches() -> Result<()> {
     let n: usize = std::env::var("BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -248,4 +264,193 @@ async fn ws_connect(s: &TestServer, path: &str) -> Result<(Ws, serde_json::Value
         other => anyhow::bail!("no session_info: {other:?}"),
     };
     Ok((ws, info))
+}
+
+/// Time to the first byte of an exec's output (our framing), from the request.
+async fn first_byte(http: &reqwest::Client, url: &str, auth: &str) -> Result<Duration> {
+    use futures::StreamExt as _;
+    let t = Instant::now();
+    let resp = http
+        .post(url)
+        .header("authorization", auth)
+        .header("sprite-exec-framing", "length-prefixed")
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "exec failed: {}", resp.status());
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.transpose()?;
+    let d = t.elapsed();
+    ensure!(first.is_some(), "no output");
+    while body.next().await.is_some() {}
+    Ok(d)
+}
+
+async fn status(http: &reqwest::Client, s: &TestServer, auth: &str, name: &str) -> Result<String> {
+    let v: serde_json::Value = http
+        .get(format!("{}/v1/sprites/{name}", s.url))
+        .header("authorization", auth)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["status"].as_str().unwrap_or_default().to_string())
+}
+
+async fn wait_for(
+    http: &reqwest::Client,
+    s: &TestServer,
+    auth: &str,
+    name: &str,
+    want: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(http, s, auth, name).await? != want {
+        ensure!(Instant::now() < deadline, "{name} never became {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Bytes the sprites of a server hold in memory, from their memory cgroups.
+fn sprite_memory(s: &TestServer) -> u64 {
+    let instance = sprites_testing::instance_name(&s.data_dir);
+    let (dir, file) = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        (
+            format!("/sys/fs/cgroup/sprites/{instance}"),
+            "memory.current",
+        )
+    } else {
+        (
+            format!("/sys/fs/cgroup/memory/sprites/{instance}"),
+            "memory.usage_in_bytes",
+        )
+    };
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join(file)).ok())
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Warm and cold wake latency; memory of 100 idle sprites.
+async fn lifecycle_benches() -> Result<()> {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "150ms",
+        "--cold-after",
+        "400ms",
+        "--idle-tick",
+        "20ms",
+    ])?;
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", s.token);
+    let create = |name: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/sprites", s.url);
+        let auth = auth.clone();
+        async move {
+            let r = http
+                .post(url)
+                .header("authorization", auth)
+                .json(&serde_json::json!({ "name": name }))
+                .send()
+                .await?;
+            ensure!(r.status() == 201, "create failed: {}", r.status());
+            anyhow::Ok(())
+        }
+    };
+    create("wake".into()).await?;
+    let url = format!("{}/v1/sprites/wake/exec?cmd=echo&cmd=x", s.url);
+    let (mut hot, mut warm, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        hot.push(first_byte(&http, &url, &auth).await?);
+        wait_for(&http, &s, &auth, "wake", "warm").await?;
+        warm.push(first_byte(&http, &url, &auth).await?);
+        wait_for(&http, &s, &auth, "wake", "cold").await?;
+        cold.push(first_byte(&http, &url, &auth).await?);
+    }
+    let line = |what: &str, v: &Vec<Duration>| {
+        println!(
+            "{what} (n={}): p50 {}  p95 {}",
+            v.len(),
+            ms(pct(v.clone(), 0.5)),
+            ms(pct(v.clone(), 0.95))
+        )
+    };
+    line("exec first byte, running sprite", &hot);
+    line("exec first byte after warm wake", &warm);
+    line("exec first byte after cold wake", &cold);
+    println!(
+        "wake overhead over a running sprite (p50): warm +{}, cold +{}",
+        ms(pct(warm, 0.5).saturating_sub(pct(hot.clone(), 0.5))),
+        ms(pct(cold, 0.5).saturating_sub(pct(hot, 0.5)))
+    );
+    drop(s);
+
+    // 100 idle sprites: memory while warm (frozen, kept) and cold (none).
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "300ms",
+        "--cold-after",
+        "1h",
+        "--idle-tick",
+        "50ms",
+    ])?;
+    let auth = format!("Bearer {}", s.token);
+    let t = Instant::now();
+    for i in 0..100 {
+        let r = http
+            .post(format!("{}/v1/sprites", s.url))
+            .header("authorization", &auth)
+            .json(&serde_json::json!({ "name": format!("idle-{i}") }))
+            .send()
+            .await?;
+        ensure!(r.status() == 201);
+    }
+    let made = t.elapsed();
+    for i in 0..100 {
+        wait_for(&http, &s, &auth, &format!("idle-{i}"), "warm").await?;
+    }
+    let warm_bytes = sprite_memory(&s);
+    println!(
+        "100 sprites created in {:.2} s; all warm: {:.1} MiB in their cgroups ({:.2} MiB per sprite)",
+        made.as_secs_f64(),
+        warm_bytes as f64 / 1048576.0,
+        warm_bytes as f64 / 1048576.0 / 100.0
+    );
+    drop(s);
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "100ms",
+        "--cold-after",
+        "200ms",
+        "--idle-tick",
+        "50ms",
+    ])?;
+    let auth = format!("Bearer {}", s.token);
+    for i in 0..100 {
+        let r = http
+            .post(format!("{}/v1/sprites", s.url))
+            .header("authorization", &auth)
+            .json(&serde_json::json!({ "name": format!("idle-{i}") }))
+            .send()
+            .await?;
+        ensure!(r.status() == 201);
+    }
+    for i in 0..100 {
+        wait_for(&http, &s, &auth, &format!("idle-{i}"), "cold").await?;
+    }
+    println!(
+        "100 sprites, all cold: {} processes, {:.1} MiB in cgroups",
+        s.sprite_pids().len(),
+        sprite_memory(&s) as f64 / 1048576.0
+    );
+    Ok(())
 }

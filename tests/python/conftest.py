@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -106,13 +105,10 @@ class Server:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, port: int, log_path: str) -> None:
+def _wait_ready(proc: subprocess.Popen, data_dir: str, log_path: str) -> str:
+    """Waits until spritesd listens; returns the address it bound (it was given port 0 and
+    writes the real address to <data-dir>/spritesd.addr, so no port can be raced)."""
+    addr_file = Path(data_dir, "spritesd.addr")
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -120,13 +116,13 @@ def _wait_ready(proc: subprocess.Popen, port: int, log_path: str) -> None:
                 f"spritesd exited with {proc.returncode} during start-up:\n"
                 + Path(log_path).read_text(errors="replace")
             )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
+        if addr_file.exists():
+            addr = addr_file.read_text().strip()
+            if addr:
+                return addr
+        time.sleep(0.05)
     raise RuntimeError(
-        f"spritesd did not listen on port {port} within {START_TIMEOUT:.0f}s:\n"
+        f"spritesd did not listen within {START_TIMEOUT:.0f}s:\n"
         + Path(log_path).read_text(errors="replace")
     )
 
@@ -240,17 +236,16 @@ def server(request) -> Server:
     tmp = tempfile.mkdtemp(prefix="sp", dir="/tmp")
     data_dir = os.path.join(tmp, "d")
     log_path = os.path.join(tmp, "spritesd.log")
-    port = _free_port()
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [SPRITESD_BIN, "serve", "--data-dir", data_dir, "--image-dir", IMAGE_DIR,
-         "--listen", f"127.0.0.1:{port}"],
+         "--listen", "127.0.0.1:0"],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_ready(proc, port, log_path)
+        addr = _wait_ready(proc, data_dir, log_path)
         token = Path(data_dir, "admin-token").read_text().strip()
     except BaseException:
         proc.kill()
@@ -258,7 +253,7 @@ def server(request) -> Server:
         log.close()
         raise
     srv = Server(
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=f"http://{addr}",
         token=token,
         data_dir=data_dir,
         log_path=log_path,

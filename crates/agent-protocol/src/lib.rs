@@ -40,6 +40,9 @@ pub struct Activity {
     pub tasks: u32,
 }
 
+/// `PUT {POLICY_PATH}/{kind}`: keep a read-only copy of a policy at `/.sprite/policy/<kind>.json`.
+pub const POLICY_PATH: &str = "/agent/v1/policy";
+
 /// File descriptor on which the agent finds its already-bound listening socket.
 pub const LISTEN_FD: i32 = 3;
 
@@ -67,6 +70,10 @@ pub struct AgentInfo {
 /// Environment variable through which the launcher hands the agent the sprite's own
 /// environment (a JSON object), laid under every command's environment.
 pub const SPRITE_ENV_VAR: &str = "SPRITE_DEFAULT_ENV";
+
+/// Environment variable naming the sprite's DNS server when it has a network (the agent
+/// writes it to `/etc/resolv.conf`).
+pub const DNS_ENV_VAR: &str = "SPRITE_DNS";
 
 /// Uid of the unprivileged `sprite` user inside every sprite.
 pub const SPRITE_UID: u32 = 1000;

@@ -48,8 +48,18 @@ async fn serve() -> anyhow::Result<()> {
     ensure_hosts_entry();
     // `sprite-env` on the default PATH of login shells too.
     let _ = std::os::unix::fs::symlink("/.sprite/bin/sprite-env", "/usr/local/bin/sprite-env");
-    if let Err(e) = loopback_up() {
-        tracing::warn!("bringing up loopback: {e}");
+    match std::env::var(sprites_agent_protocol::DNS_ENV_VAR) {
+        // The host set up the network (loopback included); point the resolver at it.
+        Ok(dns) => {
+            if let Err(e) = std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n")) {
+                tracing::warn!("writing /etc/resolv.conf: {e}");
+            }
+        }
+        Err(_) => {
+            if let Err(e) = loopback_up() {
+                tracing::warn!("bringing up loopback: {e}");
+            }
+        }
     }
     let _ = std::fs::write(
         "/.sprite/version.txt",
@@ -165,6 +175,10 @@ pub fn router(state: AgentState) -> Router {
         .route(INFO_PATH, get(info))
         .route(SHUTDOWN_PATH, post(shutdown))
         .route(ACTIVITY_PATH, get(activity))
+        .route(
+            &format!("{}/{{kind}}", sprites_agent_protocol::POLICY_PATH),
+            axum::routing::put(put_policy),
+        )
         .route("/exec", post(http_exec).get(crate::ws::get_exec))
         .route("/exec/{id}", get(crate::ws::attach))
         .route("/exec/{id}/kill", post(crate::ws::kill))
@@ -231,6 +245,33 @@ async fn activity(State(reg): State<Arc<Registry>>) -> Json<Activity> {
         busy_sessions: busy,
         tasks,
     })
+}
+
+/// Keeps the host's copy of a policy at `/.sprite/policy/<kind>.json` (read-only).
+async fn put_policy(
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use std::os::unix::fs::PermissionsExt;
+    if !kind.chars().all(|c| c.is_ascii_lowercase())
+        || serde_json::from_slice::<serde_json::Value>(&body).is_err()
+    {
+        return error(ErrorCode::BadRequest, "bad policy");
+    }
+    let dir = std::path::Path::new("/.sprite/policy");
+    let path = dir.join(format!("{kind}.json"));
+    let tmp = dir.join(format!(".{kind}.json.tmp"));
+    let res = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &body))
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444)))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    match res {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(
+            ErrorCode::Internal,
+            format!("writing {}: {e}", path.display()),
+        ),
+    }
 }
 
 async fn shutdown() -> StatusCode {

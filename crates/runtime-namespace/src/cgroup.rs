@@ -83,6 +83,18 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Changes the memory limit of a live cgroup.
+    pub fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        if self.v2 {
+            std::fs::write(self.dirs[0].join("memory.max"), bytes.to_string())
+        } else {
+            std::fs::write(
+                self.dir("memory").join("memory.limit_in_bytes"),
+                bytes.to_string(),
+            )
+        }
+    }
+
     /// Moves a process into the cgroup.
     pub fn add(&self, pid: i32) -> io::Result<()> {
         for d in &self.dirs {

@@ -50,6 +50,9 @@ pub struct LaunchConfig {
     pub agent_bin: PathBuf,
     /// Server instance, for cgroup paths.
     pub cgroup_instance: String,
+    /// Network namespace to join (made by the network crate); `None` = loopback only.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// Size of the uid/gid range of each sprite.
@@ -469,6 +472,16 @@ fn child_main(
         let _ = nix::unistd::write(borrowed(fds.err), msg.as_bytes());
         1
     };
+    // Joining a network namespace needs host privileges: do it before leaving them.
+    if let Some(ns) = &cfg.netns {
+        let joined = File::open(ns).map_err(|e| e.to_string()).and_then(|f| {
+            nix::sched::setns(std::os::fd::AsFd::as_fd(&f), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = joined {
+            return fail(format!("joining network namespace {}: {e}", ns.display()));
+        }
+    }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
         return fail(format!("unshare user namespace: {e}"));
     }
@@ -488,15 +501,15 @@ fn child_main(
         let root_uid = nix::unistd::Uid::from_raw(0);
         nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(ctx("setresgid"))?;
         nix::unistd::setresuid(root_uid, root_uid, root_uid).map_err(ctx("setresuid"))?;
-        unshare(
-            CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWCGROUP,
-        )
-        .map_err(ctx("unshare namespaces"))?;
+        let mut flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP;
+        if cfg.netns.is_none() {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        unshare(flags).map_err(ctx("unshare namespaces"))?;
         nix::unistd::sethostname(&cfg.spec.hostname).map_err(ctx("sethostname"))?;
         Ok(())
     })();
@@ -508,17 +521,24 @@ fn child_main(
         Err(e) => return fail(e),
     };
     let env_json = serde_json::to_string(&cfg.spec.env).unwrap_or_else(|_| "{}".into());
-    let sprite_env = match CString::new(format!(
+    let mut extra_env = match CString::new(format!(
         "{}={env_json}",
         sprites_agent_protocol::SPRITE_ENV_VAR
     )) {
-        Ok(c) => c,
+        Ok(c) => vec![c],
         Err(_) => return fail("sprite environment contains a NUL byte".into()),
     };
+    if cfg.netns.is_some() {
+        // Tells the agent where the sprite's resolver is.
+        extra_env.push(
+            CString::new(format!("{}=10.0.0.2", sprites_agent_protocol::DNS_ENV_VAR))
+                .unwrap_or_default(),
+        );
+    }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let e = pid1_main(fds, &prog, &sprite_env);
+            let e = pid1_main(fds, &prog, &extra_env);
             fail(e)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -548,8 +568,8 @@ fn borrowed(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 }
 
 /// P: becomes the sprite's PID 1. Returns only on failure, with the reason.
-fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram, sprite_env: &CString) -> String {
-    match pid1_setup(fds, prog, sprite_env) {
+fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram, extra_env: &[CString]) -> String {
+    match pid1_setup(fds, prog, extra_env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -558,7 +578,7 @@ fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram, sprite_env: &CStrin
 fn pid1_setup(
     fds: &ChildFds,
     prog: &seccompiler::BpfProgram,
-    sprite_env: &CString,
+    extra_env: &[CString],
 ) -> Res<std::convert::Infallible> {
     // The working directory is the sprite's root (see child_main). Mounts copied from the
     // launcher's namespace are locked and pivot_root refuses a locked new root, so the root
@@ -634,12 +654,12 @@ fn pid1_setup(
     crate::seccomp::install(prog).map_err(ctx("installing seccomp filter"))?;
     let path = CString::new("/.sprite/bin/sprite-agent").map_err(ctx("agent path"))?;
     let args = [path.clone(), CString::new("init").map_err(ctx("arg"))?];
-    let env = [
+    let mut env = vec![
         CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .map_err(ctx("env"))?,
         CString::new("HOME=/root").map_err(ctx("env"))?,
         CString::new("LANG=C.UTF-8").map_err(ctx("env"))?,
-        sprite_env.clone(),
     ];
+    env.extend(extra_env.iter().cloned());
     nix::unistd::execve(&path, &args, &env).map_err(ctx("exec agent"))
 }

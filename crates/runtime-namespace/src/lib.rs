@@ -25,7 +25,7 @@ use crate::cgroup::Cgroup;
 use crate::launcher::{LaunchConfig, RunPaths};
 
 /// Configuration of the namespace backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NamespaceConfig {
     /// Directory of per-sprite runtime files (sockets, pid files, mount points).
     pub run_root: PathBuf,
@@ -37,6 +37,8 @@ pub struct NamespaceConfig {
     pub launcher: Vec<OsString>,
     /// Distinguishes the cgroups of several servers on one host.
     pub cgroup_instance: String,
+    /// Sprite networking (veth, NAT, DNS policy); `None` gives sprites loopback only.
+    pub network: Option<std::sync::Arc<sprites_network::Network>>,
 }
 
 /// The namespace backend.
@@ -88,6 +90,33 @@ impl NamespaceBackend {
             .then_some(pid)
     }
 
+    /// Ends the sprite's processes: gently through the agent, else by cgroup.
+    async fn stop_processes(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        if self.launcher_pid(&spec.id).is_none() {
+            return Ok(());
+        }
+        let cg = self.cgroup(&spec.id);
+        let _ = cg.set_frozen(false);
+        // Ask the agent first: it ends processes gently and flushes the disk.
+        if let Ok(s) = self.connect(spec).await {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), sprites_runtime::agent::shutdown(s))
+                    .await;
+        }
+        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
+            return Ok(());
+        }
+        tracing::warn!(id = %spec.id, "agent did not stop the sprite; killing its cgroup");
+        cg.kill_all()?;
+        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
+            return Ok(());
+        }
+        Err(BackendError::Other(format!(
+            "sprite {} did not stop",
+            spec.id
+        )))
+    }
+
     async fn wait_launcher_gone(&self, id: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -122,12 +151,27 @@ impl Backend for NamespaceBackend {
         let paths = RunPaths::new(&run_dir);
         unix_socket_ok(&paths.socket)?;
         std::fs::create_dir_all(&run_dir)?;
+        let netns = match &self.cfg.network {
+            Some(net) => {
+                let (net, id) = (net.clone(), spec.id.clone());
+                let plan = tokio::task::spawn_blocking(move || net.up(&id))
+                    .await
+                    .map_err(|e| BackendError::Other(e.to_string()))?
+                    .map_err(|e| BackendError::Start {
+                        id: spec.id.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Some(PathBuf::from(plan.sprite_ns_path()))
+            }
+            None => None,
+        };
         let cfg = LaunchConfig {
             spec: spec.clone(),
             run_dir: run_dir.clone(),
             base_rootfs: self.cfg.base_rootfs.clone(),
             agent_bin: self.cfg.agent_bin.clone(),
             cgroup_instance: self.cfg.cgroup_instance.clone(),
+            netns,
         };
         let cfg_path = run_dir.join("launch.json");
         std::fs::write(
@@ -187,7 +231,17 @@ impl Backend for NamespaceBackend {
     }
 
     async fn is_running(&self, spec: &SpriteSpec) -> bool {
-        self.launcher_pid(&spec.id).is_some()
+        let running = self.launcher_pid(&spec.id).is_some();
+        if running {
+            // A sprite adopted after a server restart needs its resolver served again.
+            if let Some(net) = &self.cfg.network {
+                let (net, id) = (net.clone(), spec.id.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.up(&id)).await {
+                    tracing::warn!(id = %spec.id, "re-adopting network: {e}");
+                }
+            }
+        }
+        running
     }
 
     async fn is_paused(&self, spec: &SpriteSpec) -> bool {
@@ -211,29 +265,16 @@ impl Backend for NamespaceBackend {
     }
 
     async fn stop(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
-        if self.launcher_pid(&spec.id).is_none() {
-            return Ok(());
+        let r = self.stop_processes(spec).await;
+        if let Some(net) = &self.cfg.network {
+            let (net, id) = (net.clone(), spec.id.clone());
+            let _ = tokio::task::spawn_blocking(move || net.down(&id)).await;
         }
-        let cg = self.cgroup(&spec.id);
-        let _ = cg.set_frozen(false);
-        // Ask the agent first: it ends processes gently and flushes the disk.
-        if let Ok(s) = self.connect(spec).await {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), sprites_runtime::agent::shutdown(s))
-                    .await;
-        }
-        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
-            return Ok(());
-        }
-        tracing::warn!(id = %spec.id, "agent did not stop the sprite; killing its cgroup");
-        cg.kill_all()?;
-        if self.wait_launcher_gone(&spec.id, STOP_TIMEOUT).await {
-            return Ok(());
-        }
-        Err(BackendError::Other(format!(
-            "sprite {} did not stop",
-            spec.id
-        )))
+        r
+    }
+
+    async fn update_limits(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        Ok(self.cgroup(&spec.id).set_memory_limit(spec.memory_limit)?)
     }
 
     async fn pause(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
@@ -246,6 +287,10 @@ impl Backend for NamespaceBackend {
 
     async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         let _ = self.cgroup(&spec.id).remove();
+        if let Some(net) = &self.cfg.network {
+            let (net, id) = (net.clone(), spec.id.clone());
+            let _ = tokio::task::spawn_blocking(move || net.down(&id)).await;
+        }
         match std::fs::remove_dir_all(self.run_dir(&spec.id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

@@ -26,6 +26,7 @@ fn env() -> Env {
         agent_bin: sprites_testing::bin_dir().join("sprite-agent"),
         launcher: vec![env!("CARGO_BIN_EXE_sprite-launch").into()],
         cgroup_instance: sprites_testing::instance_name(dir.path()),
+        network: None,
     });
     Env {
         backend: Arc::new(backend),

@@ -75,6 +75,30 @@ pub async fn activity(stream: AgentStream) -> Result<Activity, BackendError> {
     serde_json::from_slice(&body).map_err(|e| BackendError::Other(format!("agent activity: {e}")))
 }
 
+/// Hands the agent a policy document to keep as a read-only copy inside the sprite.
+pub async fn put_policy(
+    stream: AgentStream,
+    kind: &str,
+    doc: &serde_json::Value,
+) -> Result<(), BackendError> {
+    let req = http::Request::builder()
+        .method(http::Method::PUT)
+        .uri(format!("{}/{kind}", sprites_agent_protocol::POLICY_PATH))
+        .header(http::header::HOST, "sprite")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(doc.to_string())))
+        .map_err(|e| BackendError::Other(e.to_string()))?;
+    let resp = send(stream, req).await?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(BackendError::Other(format!(
+            "agent policy answered {}",
+            resp.status()
+        )))
+    }
+}
+
 /// Asks the agent to end every process, flush the disk and exit.
 pub async fn shutdown(stream: AgentStream) -> Result<(), BackendError> {
     let (status, _) = simple(stream, http::Method::POST, SHUTDOWN_PATH).await?;

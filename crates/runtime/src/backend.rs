@@ -122,6 +122,14 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// Applies changed limits (memory) to a live sprite.
+    async fn update_limits(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind().as_str(),
+            op: "changing limits of a live sprite",
+        })
+    }
+
     /// Removes every host resource of a stopped sprite except its disk.
     async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError>;
 }

@@ -89,6 +89,12 @@ struct ServeArgs {
     /// Time warm after which a sprite is stopped (cold), e.g. `15m`.
     #[arg(long, env = "SPRITES_COLD_AFTER", default_value = "15m", value_parser = duration)]
     cold_after: std::time::Duration,
+    /// Give sprites a network (veth, NAT, DNS with egress policy); `false` = loopback only.
+    #[arg(long, env = "SPRITES_NETWORK", default_value_t = true, action = clap::ArgAction::Set)]
+    network: bool,
+    /// DNS server sprites' queries are forwarded to (default: the host's first nameserver).
+    #[arg(long, env = "SPRITES_DNS_UPSTREAM")]
+    dns_upstream: Option<SocketAddr>,
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
@@ -258,7 +264,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         image_build(&a.data)?;
     }
     sprites_storage::disk::DiskFactory::new(&cfg.image_dir).ensure_template()?;
+    let network = if a.network {
+        let upstream = a
+            .dns_upstream
+            .or_else(sprites_network::host_resolver)
+            .context("no DNS server in /etc/resolv.conf; pass --dns-upstream")?;
+        Some(
+            sprites_network::Network::new(upstream)
+                .context("setting up sprite networking (or run with --network false)")?,
+        )
+    } else {
+        None
+    };
     let backend = NamespaceBackend::new(NamespaceConfig {
+        network: network.clone(),
         run_root: cfg.run_root(),
         base_rootfs: image.rootfs(),
         agent_bin: cfg.agent_bin.clone(),
@@ -266,7 +285,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cgroup_instance: cfg.instance(),
     });
     let runtime = Arc::new(Runtime::new(Arc::new(backend)));
-    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime));
+    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network));
     svc.collect_garbage()
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -274,6 +293,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
+        svc.load_policies().await.map_err(|e| anyhow::anyhow!(e.message))?;
         svc.adopt_and_track().await.map_err(|e| anyhow::anyhow!(e.message))?;
         let policy = sprites_runtime::IdlePolicy {
             warm_after: a.warm_after,

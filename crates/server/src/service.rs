@@ -25,18 +25,32 @@ pub struct Sprites {
     pub store: Store,
     /// Lifecycle of running sprites.
     pub runtime: Arc<Runtime>,
+    /// Sprite networking, when enabled.
+    pub network: Option<Arc<sprites_network::Network>>,
     disks: DiskFactory,
+    /// Memory limits set through the resources policy, by sprite id (MiB).
+    memory_overrides: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Policy kinds stored per sprite.
+pub const POLICY_KINDS: &[&str] = &["network", "privileges", "resources"];
 
 impl Sprites {
     /// A service over the given parts.
-    pub fn new(cfg: Config, store: Store, runtime: Arc<Runtime>) -> Self {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        runtime: Arc<Runtime>,
+        network: Option<Arc<sprites_network::Network>>,
+    ) -> Self {
         let disks = DiskFactory::new(&cfg.image_dir);
         Self {
             cfg,
             store,
             runtime,
+            network,
             disks,
+            memory_overrides: Default::default(),
         }
     }
 
@@ -201,6 +215,128 @@ impl Sprites {
             self.boot(&rec).await?;
         }
         Ok((self.runtime.connect(&spec).await?, hold))
+    }
+
+    /// A policy document of `kind` (stored, or the default).
+    pub async fn get_policy(
+        &self,
+        org: &Org,
+        name: &str,
+        kind: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let rec = self.find(org, name).await?;
+        let (id, k) = (rec.id.clone(), kind.to_string());
+        let stored = self.store.with(move |c| store::policy(c, &id, &k)).await?;
+        if let Some(body) = stored {
+            return serde_json::from_str(&body).map_err(ApiError::internal);
+        }
+        Ok(match kind {
+            "network" => serde_json::json!({ "rules": [] }),
+            "privileges" => {
+                serde_json::json!({ "profile": "", "devices": [], "noNewPrivileges": false })
+            }
+            _ => {
+                let mb = self.spec(&rec).memory_limit >> 20;
+                serde_json::json!({ "memory": { "limit_mb": mb, "autoscale": false } })
+            }
+        })
+    }
+
+    /// Validates, stores and applies a policy document; `None` reverts to the default.
+    pub async fn set_policy(
+        &self,
+        org: &Org,
+        name: &str,
+        kind: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), ApiError> {
+        let rec = self.find(org, name).await?;
+        let bad = |m: String| ApiError::new(ErrorCode::BadRequest, m);
+        match (kind, &body) {
+            ("network", Some(b)) => {
+                let p: sprites_network::Policy = serde_json::from_value(b.clone())
+                    .map_err(|e| bad(format!("invalid policy: {e}")))?;
+                p.compile()
+                    .map_err(|e| bad(format!("invalid policy: {e}")))?;
+            }
+            ("resources", Some(b)) => {
+                let mb = b["memory"]["limit_mb"].as_u64();
+                if b.get("memory").is_some() && mb.is_none_or(|m| m < 16) {
+                    return Err(bad(
+                        "memory.limit_mb must be a number of MiB (at least 16)".into()
+                    ));
+                }
+            }
+            ("privileges", Some(b)) if !b.is_object() => {
+                return Err(bad("privileges policy must be an object".into()))
+            }
+            _ => {}
+        }
+        let (id, k) = (rec.id.clone(), kind.to_string());
+        let text = body.as_ref().map(|b| b.to_string());
+        self.store
+            .with(move |c| store::set_policy(c, &id, &k, text.as_deref()))
+            .await?;
+        self.apply_policy(&rec.id, kind, body.as_ref());
+        if kind == "network" {
+            // The read-only copy inside the sprite, when it runs.
+            let spec = self.spec(&rec);
+            if self.runtime.state(&spec).await == State::Running {
+                let doc = body
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({ "rules": [] }));
+                if let Ok(s) = self.runtime.connect(&spec).await {
+                    let _ = sprites_runtime::agent::put_policy(s, "network", &doc).await;
+                }
+            }
+        }
+        if kind == "resources" {
+            let spec = self.spec(&rec);
+            if self.runtime.state(&spec).await != State::Cold {
+                self.runtime.backend().update_limits(&spec).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a stored policy into effect in this process.
+    fn apply_policy(&self, id: &str, kind: &str, body: Option<&serde_json::Value>) {
+        match kind {
+            "network" => {
+                if let Some(net) = &self.network {
+                    let p = body
+                        .and_then(|b| serde_json::from_value(b.clone()).ok())
+                        .unwrap_or_default();
+                    if let Err(e) = net.set_policy(id, p) {
+                        tracing::warn!(%id, "applying network policy: {e}");
+                    }
+                }
+            }
+            "resources" => {
+                let mut m = self
+                    .memory_overrides
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match body.and_then(|b| b["memory"]["limit_mb"].as_u64()) {
+                    Some(mb) => m.insert(id.to_string(), mb),
+                    None => m.remove(id),
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Loads every stored policy (at startup, before sprites are adopted).
+    pub async fn load_policies(&self) -> Result<(), ApiError> {
+        for kind in POLICY_KINDS {
+            let k = kind.to_string();
+            let all = self.store.with(move |c| store::policies(c, &k)).await?;
+            for (id, body) in all {
+                let v: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+                self.apply_policy(&id, kind, v.as_ref());
+            }
+        }
+        Ok(())
     }
 
     /// Registers every sprite with the runtime (adopting the ones still running) and records

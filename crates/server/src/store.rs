@@ -35,8 +35,9 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        r#"
+    Migrations::new(vec![
+        M::up(
+            r#"
 CREATE TABLE orgs (
     id TEXT PRIMARY KEY,
     slug TEXT NOT NULL UNIQUE,
@@ -68,7 +69,19 @@ CREATE TABLE sprites (
     UNIQUE (org_id, name)
 );
 "#,
-    )])
+        ),
+        M::up(
+            r#"
+CREATE TABLE policies (
+    sprite_id TEXT NOT NULL REFERENCES sprites(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (sprite_id, kind)
+);
+"#,
+        ),
+    ])
 }
 
 /// An org.
@@ -396,6 +409,36 @@ pub fn record_transition(
         )?;
     }
     Ok(())
+}
+
+/// A stored policy document (`network`, `privileges`, `resources`).
+pub fn policy(c: &Connection, sprite_id: &str, kind: &str) -> Result<Option<String>> {
+    Ok(c.query_row(
+        "SELECT body FROM policies WHERE sprite_id = ?1 AND kind = ?2",
+        params![sprite_id, kind],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+/// Stores (or, with `None`, removes) a policy document.
+pub fn set_policy(c: &Connection, sprite_id: &str, kind: &str, body: Option<&str>) -> Result<()> {
+    match body {
+        Some(b) => c.execute(
+            "INSERT INTO policies (sprite_id, kind, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sprite_id, kind) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            params![sprite_id, kind, b, now_ms()],
+        )?,
+        None => c.execute("DELETE FROM policies WHERE sprite_id = ?1 AND kind = ?2", params![sprite_id, kind])?,
+    };
+    Ok(())
+}
+
+/// Every stored policy of a kind: (sprite id, body).
+pub fn policies(c: &Connection, kind: &str) -> Result<Vec<(String, String)>> {
+    let mut st = c.prepare("SELECT sprite_id, body FROM policies WHERE kind = ?1")?;
+    let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Deletes a sprite record.

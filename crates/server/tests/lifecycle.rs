@@ -85,6 +85,9 @@ async fn frozen_processes_resume_where_they_stopped() {
     .await;
     wait_status(&api, "counter", "warm", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wake it, give the loop time to write again, then read the log.
+    api.exec("counter", &["true"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let o = api.exec("counter", &["cat", "/tmp/log"]).await;
     let rows: Vec<(u64, u128)> = o
         .stdout
@@ -106,9 +109,12 @@ async fn frozen_processes_resume_where_they_stopped() {
         .map(|w| (w[1].1 - w[0].1) / 1_000_000)
         .max()
         .unwrap();
+    let span_ms = (rows.last().unwrap().1 - rows[0].1) / 1_000_000;
     assert!(
         longest_gap_ms >= 1000,
-        "no pause seen in the log (longest gap {longest_gap_ms} ms)"
+        "no pause seen in the log (longest gap {longest_gap_ms} ms, {} rows over {span_ms} ms)\n{}",
+        rows.len(),
+        s.log()
     );
 }
 

@@ -151,11 +151,12 @@ pub async fn exec_kill(
     .await
 }
 
-/// `/services` and everything under it, forwarded as is (minus the sprite prefix).
-pub async fn services(
-    State(s): State<AppState>,
-    Extension(org): Extension<Org>,
-    Path(params): Path<Vec<(String, String)>>,
+/// Forwards `/v1/sprites/{name}/<area>[/<rest>]` to the agent's `/<area>[/<rest>]`.
+async fn forward_area(
+    s: &AppState,
+    org: &Org,
+    params: &[(String, String)],
+    area: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
     let name = params
@@ -169,15 +170,35 @@ pub async fn services(
         .map(|(_, v)| v.as_str());
     let path = match rest {
         Some(r) => format!(
-            "/services/{}",
+            "/{area}/{}",
             r.split('/')
                 .map(encode_segment)
                 .collect::<Vec<_>>()
                 .join("/")
         ),
-        None => "/services".to_string(),
+        None => format!("/{area}"),
     };
-    forward(&s, &org, &name, &path, req).await
+    forward(s, org, &name, &path, req).await
+}
+
+/// `/services` and everything under it.
+pub async fn services(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward_area(&s, &org, &params, "services", req).await
+}
+
+/// `/fs/...` (filesystem API, including the `watch` WebSocket).
+pub async fn fs(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward_area(&s, &org, &params, "fs", req).await
 }
 
 /// Percent-encodes a path segment taken from the client before it goes into the agent's URI.

@@ -44,6 +44,14 @@ pub fn router(state: AppState) -> Router {
         .route("/sprites/{name}/exec/{id}/kill", post(forward::exec_kill))
         .route("/sprites/{name}/services", any(forward::services))
         .route("/sprites/{name}/services/{*rest}", any(forward::services))
+        .route("/sprites/{name}/fs/{*rest}", any(forward::fs))
+        .route(
+            "/sprites/{name}/policy/{kind}",
+            get(sprites::get_policy)
+                .post(sprites::set_policy)
+                .put(sprites::set_policy)
+                .delete(sprites::delete_policy),
+        )
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))
         .route(

@@ -100,6 +100,53 @@ pub async fn upgrade(
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn policy_kind(kind: &str) -> Result<&str, ApiError> {
+    crate::service::POLICY_KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no policy called {kind:?} (network, privileges, resources)"),
+            )
+        })
+}
+
+/// `GET /v1/sprites/{name}/policy/{kind}`.
+pub async fn get_policy(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path((name, kind)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let kind = policy_kind(&kind)?;
+    Ok(Json(s.get_policy(&org, &name, kind).await?))
+}
+
+/// `POST /v1/sprites/{name}/policy/{kind}`: 204 (every SDK requires exactly that for network).
+pub async fn set_policy(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path((name, kind)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let kind = policy_kind(&kind)?;
+    let v: serde_json::Value = json_body(body)?;
+    s.set_policy(&org, &name, kind, Some(v)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/sprites/{name}/policy/{kind}`: back to the default.
+pub async fn delete_policy(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path((name, kind)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let kind = policy_kind(&kind)?;
+    s.set_policy(&org, &name, kind, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(serde::Deserialize, serde::Serialize)]
 struct Continuation {
     last: String,

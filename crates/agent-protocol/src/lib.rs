@@ -43,6 +43,10 @@ pub struct Activity {
 /// `PUT {POLICY_PATH}/{kind}`: keep a read-only copy of a policy at `/.sprite/policy/<kind>.json`.
 pub const POLICY_PATH: &str = "/agent/v1/policy";
 
+/// `GET ?port=N` with `Upgrade: tcp`: a raw stream to `127.0.0.1:N` in the sprite (`N=0`: the
+/// sprite URL's port). Used for sprite URLs.
+pub const DIAL_PATH: &str = "/agent/v1/dial";
+
 /// File descriptor on which the agent finds its already-bound listening socket.
 pub const LISTEN_FD: i32 = 3;
 

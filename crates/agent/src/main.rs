@@ -10,6 +10,8 @@
 
 mod exec;
 mod init;
+mod ports;
+mod proxy;
 mod server;
 mod services;
 mod session;

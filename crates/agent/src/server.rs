@@ -73,9 +73,12 @@ async fn serve() -> anyhow::Result<()> {
         }
     };
     tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
+    let sessions = Arc::new(Registry::default());
+    let ports = crate::ports::Ports::spawn(sessions.clone());
     let state = AgentState {
-        sessions: Arc::new(Registry::default()),
+        sessions,
         services: Arc::new(Services::default()),
+        ports,
     };
     state.services.boot();
     let host = axum::serve(listener, router(state.clone()));
@@ -182,8 +185,19 @@ pub fn router(state: AgentState) -> Router {
         .route("/exec", post(http_exec).get(crate::ws::get_exec))
         .route("/exec/{id}", get(crate::ws::attach))
         .route("/exec/{id}/kill", post(crate::ws::kill))
+        .route("/proxy", get(crate::proxy::proxy))
         .with_state(state.sessions.clone())
-        .merge(services_router().with_state(state.services))
+        .merge(services_router().with_state(state.services.clone()))
+        .merge(
+            Router::new()
+                .route(sprites_agent_protocol::DIAL_PATH, get(crate::proxy::dial))
+                .with_state(state.services),
+        )
+        .merge(
+            Router::new()
+                .route("/ports/watch", get(crate::ports::watch))
+                .with_state(state.ports),
+        )
         .fallback(|| async { error(ErrorCode::NotFound, "no such route in the sprite") })
 }
 
@@ -208,6 +222,8 @@ pub struct AgentState {
     pub sessions: Arc<Registry>,
     /// Services.
     pub services: Arc<Services>,
+    /// Port watcher.
+    pub ports: Arc<crate::ports::Ports>,
 }
 
 /// A JSON error response in the public shape.

@@ -212,6 +212,41 @@ impl Services {
             .cloned()
     }
 
+    /// The port the sprite URL goes to: the `http_port` service's (started first if it is not
+    /// running), else 8080.
+    pub async fn url_port(self: &Arc<Self>) -> u16 {
+        let owner = {
+            let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            m.values()
+                .find(|s| {
+                    s.def
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .http_port
+                        .is_some()
+                })
+                .cloned()
+        };
+        let Some(svc) = owner else { return 8080 };
+        let port = svc
+            .def
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .http_port
+            .unwrap_or(8080);
+        let running = svc
+            .run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pid
+            .is_some();
+        if !running {
+            self.start(&svc);
+            self.wait_started(&svc, Duration::from_secs(10)).await;
+        }
+        port
+    }
+
     /// Starts the service's process and a supervisor that restarts it after a crash.
     fn start(self: &Arc<Self>, svc: &Arc<Svc>) {
         let generation = {

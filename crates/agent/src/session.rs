@@ -93,6 +93,7 @@ pub struct Session {
     pub input: mpsc::Sender<Input>,
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    notices: tokio::sync::broadcast::Sender<String>,
     detach_epoch: AtomicU64,
 }
 
@@ -142,6 +143,7 @@ impl Session {
                 recent: VecDeque::new(),
             }),
             version: watch::channel(0).0,
+            notices: tokio::sync::broadcast::channel(64).0,
             detach_epoch: AtomicU64::new(0),
         }
     }
@@ -152,6 +154,16 @@ impl Session {
 
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Sends a text message (port notifications) to every attached WebSocket client.
+    pub fn notice(&self, text: String) {
+        let _ = self.notices.send(text);
+    }
+
+    /// Subscribes to text messages for clients.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.notices.subscribe()
     }
 
     /// Subscribes to changes (output, exit).

@@ -132,6 +132,7 @@ async fn client(
         return;
     }
     let mut changes = s.watch();
+    let mut notices = s.notices();
     let mut last_sent = tokio::time::Instant::now();
     let mut client_gone = false;
     loop {
@@ -198,6 +199,14 @@ async fn client(
                 }
                 _ => break,
             },
+            n = notices.recv() => {
+                if let Ok(text) = n {
+                    if tx.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
+            }
             _ = tokio::time::sleep_until(last_sent + KEEPALIVE) => {
                 if tx.send(Message::Text(json!({"type": "keepalive"}).to_string().into())).await.is_err() {
                     break;

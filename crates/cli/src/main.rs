@@ -99,6 +99,14 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: Option<UrlCmd>,
     },
+    /// Forward local ports to the sprite (3000, 3001:3000, ...), or stdio with -W.
+    Proxy {
+        /// PORT or LOCAL:REMOTE, one or more.
+        ports: Vec<String>,
+        /// Forward stdin/stdout to [host]:port in the sprite (for ssh -o ProxyCommand).
+        #[arg(short = 'W', long = "stdio")]
+        stdio: Option<String>,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).

@@ -16,8 +16,10 @@ mod client;
 mod error;
 mod exec;
 mod frames;
+mod proxy;
 
 pub use client::{Client, ListOptions, SpriteHandle};
 pub use error::{Error, Result};
 pub use exec::{Child, ChildOutput, ChildStdin, Command, KillEvent, Output, SessionInfo};
+pub use proxy::{PortMapping, ProxyManager, ProxySession};
 pub use sprites_api as api;

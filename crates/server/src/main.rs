@@ -303,6 +303,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(svc.runtime.clone().run_idle_loop(policy));
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
+        svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
         std::fs::write(cfg.data_dir.join("spritesd.addr"), addr.to_string())?;
         tracing::info!(%addr, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
         // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.

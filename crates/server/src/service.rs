@@ -28,6 +28,8 @@ pub struct Sprites {
     /// Sprite networking, when enabled.
     pub network: Option<Arc<sprites_network::Network>>,
     disks: DiskFactory,
+    /// The port the API really listens on (known once bound), for sprite URLs.
+    pub port: std::sync::atomic::AtomicU16,
     /// Memory limits set through the resources policy, by sprite id (MiB).
     memory_overrides: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -44,12 +46,14 @@ impl Sprites {
         network: Option<Arc<sprites_network::Network>>,
     ) -> Self {
         let disks = DiskFactory::new(&cfg.image_dir);
+        let port = std::sync::atomic::AtomicU16::new(cfg.listen.port());
         Self {
             cfg,
             store,
             runtime,
             network,
             disks,
+            port,
             memory_overrides: Default::default(),
         }
     }
@@ -74,12 +78,8 @@ impl Sprites {
 
     /// The public URL of a sprite.
     pub fn url(&self, org: &Org, name: &str) -> String {
-        format!(
-            "http://{name}-{}.{}:{}",
-            org.slug,
-            self.cfg.url_domain,
-            self.cfg.listen.port()
-        )
+        let port = self.port.load(std::sync::atomic::Ordering::Relaxed);
+        format!("http://{name}-{}.{}:{port}", org.slug, self.cfg.url_domain)
     }
 
     /// Public JSON of a record.

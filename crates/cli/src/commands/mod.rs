@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod exec;
+pub mod proxy;
 pub mod sprites;
 
 use anyhow::Result;
@@ -54,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         },
                 } => exec::kill(&ctx, &id, &signal, &timeout).await,
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
+                Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
                 _ => unreachable!("handled above"),
             }
         }

@@ -201,6 +201,26 @@ pub async fn fs(
     forward_area(&s, &org, &params, "fs", req).await
 }
 
+/// `GET /proxy`: the TCP proxy WebSocket (spec §5).
+pub async fn proxy(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(&s, &org, &name, "/proxy", req).await
+}
+
+/// `GET /ports/watch`: port notifications (spec §9.1).
+pub async fn ports_watch(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(&s, &org, &name, "/ports/watch", req).await
+}
+
 /// Percent-encodes a path segment taken from the client before it goes into the agent's URI.
 fn encode_segment(s: &str) -> String {
     s.bytes()

@@ -3,6 +3,7 @@
 
 mod forward;
 mod sprites;
+mod url;
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sprites/{name}/services", any(forward::services))
         .route("/sprites/{name}/services/{*rest}", any(forward::services))
         .route("/sprites/{name}/fs/{*rest}", any(forward::fs))
+        .route("/sprites/{name}/proxy", get(forward::proxy))
+        .route("/sprites/{name}/ports/watch", get(forward::ports_watch))
         .route(
             "/sprites/{name}/policy/{kind}",
             get(sprites::get_policy)
@@ -74,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), url::route))
         .layer(middleware::map_response(version_header))
         .with_state(state)
 }

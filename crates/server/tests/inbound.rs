@@ -1,0 +1,257 @@
+//! Inbound traffic: sprite URLs (auth modes, http_port services, wake on request), the TCP
+//! proxy through the CLI and the SDK, port notifications.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Api, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+fn url_client(s: &TestServer, host: &str) -> reqwest::Client {
+    let addr: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    reqwest::Client::builder()
+        .resolve(host, addr)
+        .build()
+        .unwrap()
+}
+
+async fn start_web(api: &Api, sprite: &str, port: u16, body: &str) {
+    api.exec(sprite, &["bash", "-c", &format!("mkdir -p /tmp/w{port} && echo {body} > /tmp/w{port}/index.html && setsid python3 -m http.server {port} --directory /tmp/w{port} >/dev/null 2>&1 < /dev/null &")]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api
+        .exec(
+            sprite,
+            &[
+                "python3",
+                "-c",
+                &format!("import socket; socket.create_connection(('127.0.0.1',{port}),timeout=1)"),
+            ],
+        )
+        .await
+        .code
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "web server on {port} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sprite_urls_with_auth_modes_and_http_port_services() {
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "500ms",
+        "--cold-after",
+        "1500ms",
+        "--idle-tick",
+        "100ms",
+    ])
+    .unwrap();
+    let api = Api::new(&s);
+    let v = api.create("site").await;
+    let url = v["url"].as_str().unwrap().to_string();
+    let host = url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(host, "site-personal.sprites.localhost");
+    let c = url_client(&s, &host);
+    start_web(&api, "site", 8080, "from-8080").await;
+
+    // auth: sprite (default) needs an org token, and the token never reaches the app.
+    let r = c.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "unauthorized"
+    );
+    let other = s.create_token("acme").unwrap();
+    let r = c
+        .get(format!("{url}/"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "another org's token is refused"
+    );
+    let r = c
+        .get(format!("{url}/"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "from-8080\n");
+    // public: no token needed.
+    let (st, _) = api
+        .json(
+            Method::PUT,
+            "/v1/sprites/site",
+            Some(json!({"url_settings": {"auth": "public"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let r = c.get(format!("{url}/index.html")).send().await.unwrap();
+    assert_eq!(
+        (r.status(), r.text().await.unwrap()),
+        (StatusCode::OK, "from-8080\n".to_string())
+    );
+    let r = url_client(&s, "nope-personal.sprites.localhost")
+        .get(format!(
+            "http://nope-personal.sprites.localhost:{}/",
+            s.url.rsplit(':').next().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // An http_port service takes the URL, and a request to a cold sprite boots it and its service.
+    let r = api
+        .req(Method::PUT, "/v1/sprites/site/services/web?duration=0s")
+        .json(&json!({"cmd": "bash", "args": ["-c", "mkdir -p /tmp/s && echo from-service > /tmp/s/index.html && exec python3 -m http.server 9000 --directory /tmp/s"], "http_port": 9000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.text().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = api.json(Method::GET, "/v1/sprites/site", None).await;
+        if v["status"] == "cold" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never went cold: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(
+        (r.status(), r.text().await.unwrap()),
+        (StatusCode::OK, "from-service\n".to_string()),
+        "the URL woke the sprite"
+    );
+}
+
+#[tokio::test]
+async fn tcp_proxy_through_cli_sdk_and_stdio() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("px").await;
+    start_web(&api, "px", 8080, "proxied").await;
+    // SDK
+    let client = sprites::Client::new(&s.token).base_url(&s.url);
+    let sp = client.sprite("px");
+    let sess = sp.proxy_port(0, 8080).await.unwrap();
+    let local = sess.local_addr();
+    let body = reqwest::get(format!("http://{local}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "proxied\n");
+    sess.close();
+    sess.wait().await;
+    assert!(
+        std::net::TcpStream::connect(local).is_err(),
+        "closed session stops listening"
+    );
+    let err = sp.proxy_socket("localhost", 9).await.unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+    let both = sp
+        .proxy_ports(&[
+            sprites::PortMapping {
+                local_port: 0,
+                remote_port: 8080,
+                remote_host: None,
+            },
+            sprites::PortMapping {
+                local_port: 0,
+                remote_port: 8080,
+                remote_host: Some("10.0.0.1".into()),
+            },
+        ])
+        .await
+        .unwrap();
+    for p in &both {
+        assert_eq!(
+            reqwest::get(format!("http://{}/", p.local_addr()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "proxied\n"
+        );
+        p.close();
+    }
+
+    // CLI: `sprite proxy LOCAL:REMOTE`.
+    assert!(s
+        .run_cli(&["auth", "setup", "--token", &s.token])
+        .unwrap()
+        .status
+        .success());
+    let port = {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let mut child = s
+        .cli()
+        .args(["proxy", "-s", "px", &format!("{port}:8080")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/")).await {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "sprite proxy never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body, "proxied\n");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    );
+    assert!(child.wait().unwrap().success());
+
+    // CLI: `-W host:port` relays stdio (what ssh's ProxyCommand needs).
+    let mut w = s
+        .cli()
+        .args(["proxy", "-s", "px", "-W", "localhost:8080"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w.stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    w.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") && out.ends_with("proxied\n"),
+        "{out}"
+    );
+    let _ = w.wait();
+    let _ = Command::new("true").status();
+}

@@ -220,124 +220,113 @@ table inet sprites_host {
     )
 }
 
-/// Builds the sprite's network. Leftovers of an earlier life are removed first.
+/// Runs `ip -batch` with `lines`, in namespace `ns` (or the root namespace).
+fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), NetError> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Tool(format!("ip: {e}")))?;
+    let script = lines.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .map(|mut s| s.write_all(script.as_bytes()))
+        .transpose()
+        .map_err(|e| NetError::Tool(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Tool(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Tool(format!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs `f` on a short-lived thread inside network namespace `ns`: `/proc/sys/net` writes and
+/// child processes it starts apply to that namespace.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file =
+            std::fs::File::open(&path).map_err(|e| NetError::Tool(format!("{path}: {e}")))?;
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .map_err(|e| NetError::Tool(format!("setns {path}: {e}")))?;
+        f()
+    })
+    .join()
+    .map_err(|_| NetError::Tool("network setup thread panicked".into()))?
+}
+
+fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| NetError::Tool(format!("{path}: {e}")))
+}
+
+/// Builds the sprite's network. Leftovers of an earlier life are removed first. A handful of
+/// processes in all (`ip -batch` per namespace, one `nft`): creating a sprite stays fast.
 pub fn setup(p: &Plan) -> Result<(), NetError> {
     teardown(p);
-    let r = |args: &[&str]| run(args);
-    r(&["ip", "netns", "add", &p.sprite_ns])?;
-    r(&["ip", "netns", "add", &p.router_ns])?;
-    let host_cidr = format!("{}/30", p.host_addr);
-    let router_cidr = format!("{}/30", p.router_addr);
-    let host_addr = p.host_addr.to_string();
-    r(&[
-        "ip",
-        "link",
-        "add",
-        &p.host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up0",
-        "netns",
-        &p.router_ns,
-    ])?;
-    r(&["ip", "addr", "add", &host_cidr, "dev", &p.host_if])?;
-    r(&["ip", "link", "set", &p.host_if, "up"])?;
-    r(&[
-        "ip",
-        "-n",
-        &p.router_ns,
-        "link",
-        "add",
-        "s0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &p.sprite_ns,
-    ])?;
-    r(&[
-        "ip",
-        "-n",
-        &p.router_ns,
-        "addr",
-        "add",
-        &router_cidr,
-        "dev",
-        "up0",
-    ])?;
-    r(&[
-        "ip",
-        "-n",
-        &p.router_ns,
-        "addr",
-        "add",
-        "10.0.0.2/24",
-        "dev",
-        "s0",
-    ])?;
-    for dev in ["lo", "up0", "s0"] {
-        r(&["ip", "-n", &p.router_ns, "link", "set", dev, "up"])?;
-    }
-    r(&[
-        "ip",
-        "-n",
-        &p.router_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &host_addr,
-    ])?;
-    r(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.router_ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])?;
-    r(&[
-        "ip",
-        "-n",
-        &p.sprite_ns,
-        "addr",
-        "add",
-        "10.0.0.1/24",
-        "dev",
-        "eth0",
-    ])?;
-    for dev in ["lo", "eth0"] {
-        r(&["ip", "-n", &p.sprite_ns, "link", "set", dev, "up"])?;
-    }
-    r(&[
-        "ip",
-        "-n",
-        &p.sprite_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.0.0.2",
-    ])?;
+    run(&["ip", "netns", "add", &p.sprite_ns])?;
+    run(&["ip", "netns", "add", &p.router_ns])?;
+    let (hi, rns, sns) = (&p.host_if, &p.router_ns, &p.sprite_ns);
+    ip_batch(
+        None,
+        &[
+            format!("link add {hi} type veth peer name up0 netns {rns}"),
+            format!("addr add {}/30 dev {hi}", p.host_addr),
+            format!("link set {hi} up"),
+        ],
+    )?;
+    ip_batch(
+        Some(rns),
+        &[
+            format!("link add s0 type veth peer name eth0 netns {sns}"),
+            format!("addr add {}/30 dev up0", p.router_addr),
+            "addr add 10.0.0.2/24 dev s0".into(),
+            "link set lo up".into(),
+            "link set up0 up".into(),
+            "link set s0 up".into(),
+            format!("route add default via {}", p.host_addr),
+        ],
+    )?;
+    ip_batch(
+        Some(sns),
+        &[
+            "addr add 10.0.0.1/24 dev eth0".into(),
+            "link set lo up".into(),
+            "link set eth0 up".into(),
+            "route add default via 10.0.0.2".into(),
+        ],
+    )?;
     // Unprivileged ICMP sockets, so `ping` works without CAP_NET_RAW.
-    r(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.sprite_ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ping_group_range=0 2147483647",
-    ])?;
-    nft(
-        Some(&p.router_ns),
-        &format!(
-            r#"table ip sprite {{
+    in_netns(sns, || sysctl("net.ipv4.ping_group_range", "0 2147483647"))?;
+    let rules = router_rules();
+    in_netns(rns, move || {
+        sysctl("net.ipv4.ip_forward", "1")?;
+        nft(None, &rules)
+    })
+}
+
+fn router_rules() -> String {
+    format!(
+        r#"table ip sprite {{
     set allowed {{ type ipv4_addr; flags timeout; }}
     chain egress {{
         accept
@@ -364,9 +353,7 @@ pub fn setup(p: &Plan) -> Result<(), NetError> {
     }}
 }}
 "#
-        ),
-    )?;
-    Ok(())
+    )
 }
 
 /// Switches the router between open egress and "only addresses in @allowed", and replaces

@@ -263,6 +263,7 @@ impl TestServer {
         while !self.sprite_pids().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.remove_networks();
         for ctrl in ["", "freezer/", "memory/", "pids/"] {
             let dir = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}sprites/{instance}"));
             if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -271,6 +272,38 @@ impl TestServer {
                 }
             }
             let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+impl TestServer {
+    /// Removes the network namespaces (and uplink slots) of this server's sprites: with the
+    /// server killed, nobody else will.
+    fn remove_networks(&self) {
+        let Ok(runs) = std::fs::read_dir(self.data_dir.join("run")) else {
+            return;
+        };
+        for e in runs.flatten() {
+            let uuid = e.file_name().to_string_lossy().into_owned();
+            let short: String = uuid
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(12)
+                .collect();
+            for ns in [format!("sp-{short}"), format!("sr-{short}")] {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &ns])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let id = format!("sprite-{uuid}");
+            if let Ok(slots) = std::fs::read_dir("/run/sprites-net") {
+                for slot in slots.flatten() {
+                    if std::fs::read_to_string(slot.path()).ok().as_deref() == Some(id.as_str()) {
+                        let _ = std::fs::remove_file(slot.path());
+                    }
+                }
+            }
         }
     }
 }

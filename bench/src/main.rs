@@ -11,7 +11,11 @@
 //! * `lifecycle`: warm-wake and cold-wake latency (first exec byte after the wake) beside the
 //!   same exec on a running sprite, and host memory of 100 idle sprites, warm and cold.
 //!
-//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|all]` (as root; builds the
+//! * `network`: TCP throughput and round trip through `sprite proxy` against a direct
+//!   loopback connection to the same server program, and sprite URL request latency against
+//!   the same request sent straight to the server program on the host.
+//!
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|network|all]` (as root; builds the
 //! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
@@ -41,6 +45,9 @@ async fn main() -> Result<()> {
     }
     if which == "all" || which == "lifecycle" {
         lifecycle_benches().await?;
+    }
+    if which == "all" || which == "network" {
+        network_benches().await?;
     }
     Ok(())
 }
@@ -452,5 +459,204 @@ async fn lifecycle_benches() -> Result<()> {
         s.sprite_pids().len(),
         sprite_memory(&s) as f64 / 1048576.0
     );
+    Ok(())
+}
+
+/// A small TCP server (Python, same program in the sprite and on the host): `s` = sink until
+/// EOF then reply with the byte count, `p` = echo one byte per request.
+const TCP_SERVER: &str = r#"
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    mode = c.recv(1)
+    if mode == b"s":
+        n = 0
+        while True:
+            d = c.recv(1 << 20)
+            if not d or d.endswith(b"\xff"):
+                n += len(d); break
+            n += len(d)
+        c.sendall(str(n).encode())
+    else:
+        while True:
+            d = c.recv(1)
+            if not d: break
+            c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Sends `mib` MiB and waits for the count; then `n` one-byte round trips. (MiB/s, RTT p50)
+async fn tcp_figures(addr: &str, mib: usize, n: usize) -> Result<(f64, Duration)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.set_nodelay(true)?;
+    c.write_all(b"s").await?;
+    let block = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..mib {
+        c.write_all(&block).await?;
+    }
+    c.write_all(&[0xff]).await?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(
+        reply.trim().parse::<usize>()? == (mib << 20) + 1,
+        "sink counted {reply}"
+    );
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.set_nodelay(true)?;
+    c.write_all(b"p").await?;
+    let mut rtts = Vec::new();
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        let t = Instant::now();
+        c.write_all(b"x").await?;
+        c.read_exact(&mut b).await?;
+        rtts.push(t.elapsed());
+    }
+    Ok((mib as f64 / secs, pct(rtts, 0.5)))
+}
+
+async fn wait_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        ensure!(Instant::now() < deadline, "{addr} never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Proxy throughput and round trip vs direct loopback; URL latency vs direct HTTP.
+async fn network_benches() -> Result<()> {
+    let mib: usize = std::env::var("BENCH_PROXY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+        * 50;
+    let s = TestServer::start()?;
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", s.token);
+    let r = http
+        .post(format!("{}/v1/sprites", s.url))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"name": "net"}))
+        .send()
+        .await?;
+    ensure!(r.status() == 201);
+    // The same server program in the sprite and on the host.
+    let script = TCP_SERVER.replace('"', "\\\"");
+    let start = format!("printf '%s' \"{script}\" > /tmp/srv.py; setsid python3 /tmp/srv.py 7000 >/dev/null 2>&1 </dev/null & setsid python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &");
+    let r = http
+        .post(format!("{}/v1/sprites/net/exec", s.url))
+        .query(&[("cmd", "bash"), ("cmd", "-c"), ("cmd", start.as_str())])
+        .header("authorization", &auth)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    ensure!(r.ends_with(&[3, 0]), "starting the servers failed");
+    let host_port = free_port()?;
+    let host_file = s.data_dir.join("srv.py");
+    std::fs::write(&host_file, TCP_SERVER)?;
+    let mut host_srv = std::process::Command::new("python3")
+        .arg(&host_file)
+        .arg(host_port.to_string())
+        .spawn()?;
+    let host_http_port = free_port()?;
+    let mut host_http = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &host_http_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&s.data_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // `sprite proxy` itself.
+    let home = s.home.clone();
+    let cli = sprites_testing::bin_dir().join("sprite");
+    let st = std::process::Command::new(&cli)
+        .env("HOME", &home)
+        .env("SPRITES_API_URL", &s.url)
+        .args(["auth", "setup", "--token", &s.token])
+        .output()?;
+    ensure!(st.status.success(), "auth setup failed");
+    let local = free_port()?;
+    let mut proxy = std::process::Command::new(&cli)
+        .env("HOME", &home)
+        .env("SPRITES_API_URL", &s.url)
+        .args(["proxy", "-s", "net", &format!("{local}:7000")])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let direct_addr = format!("127.0.0.1:{host_port}");
+    let proxy_addr = format!("127.0.0.1:{local}");
+    wait_port(&direct_addr).await?;
+    wait_port(&proxy_addr).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (dt, drtt) = tcp_figures(&direct_addr, mib, n).await?;
+    let (pt, prtt) = tcp_figures(&proxy_addr, mib, n).await?;
+    println!("TCP {mib} MiB upload: through sprite proxy {pt:.0} MiB/s, direct loopback {dt:.0} MiB/s, ratio {:.2}", pt / dt);
+    println!("TCP 1-byte round trip (n={n}, p50): through sprite proxy {}, direct loopback {}, ratio {:.1}x", ms(prtt), ms(drtt), prtt.as_secs_f64() / drtt.as_secs_f64());
+
+    // Sprite URL latency vs the same request straight to a host server.
+    let r = http
+        .put(format!("{}/v1/sprites/net", s.url))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"url_settings": {"auth": "public"}}))
+        .send()
+        .await?;
+    ensure!(r.status() == 200);
+    let addr: std::net::SocketAddr = s.url.trim_start_matches("http://").parse()?;
+    let host = "net-personal.sprites.localhost";
+    let url_client = reqwest::Client::builder().resolve(host, addr).build()?;
+    let sprite_url = format!("http://{host}:{}/", addr.port());
+    let direct_url = format!("http://127.0.0.1:{host_http_port}/");
+    wait_port(&format!("127.0.0.1:{host_http_port}")).await?;
+    let mut u = Vec::new();
+    let mut d = Vec::new();
+    for i in 0..(n / 5 + 5) {
+        let t = Instant::now();
+        let r = url_client.get(&sprite_url).send().await?;
+        ensure!(r.status() == 200, "sprite URL answered {}", r.status());
+        r.bytes().await?;
+        let a = t.elapsed();
+        let t = Instant::now();
+        http.get(&direct_url).send().await?.bytes().await?;
+        let b = t.elapsed();
+        if i >= 5 {
+            u.push(a);
+            d.push(b);
+        }
+    }
+    println!(
+        "HTTP GET / (n={}, p50/p95): sprite URL {} / {}, direct on the host {} / {}",
+        u.len(),
+        ms(pct(u.clone(), 0.5)),
+        ms(pct(u, 0.95)),
+        ms(pct(d.clone(), 0.5)),
+        ms(pct(d, 0.95))
+    );
+    let _ = proxy.kill();
+    let _ = host_srv.kill();
+    let _ = host_http.kill();
     Ok(())
 }

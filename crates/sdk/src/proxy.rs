@@ -170,12 +170,12 @@ impl SpriteHandle {
                 ),
             });
         }
-        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (ours, theirs) = tokio::io::duplex(1024 * 1024);
         tokio::spawn(async move {
             let (mut rd, mut wr) = tokio::io::split(theirs);
             let (mut sink, mut stream) = ws.split();
             let up = async {
-                let mut buf = vec![0u8; 32 * 1024];
+                let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     match rd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,

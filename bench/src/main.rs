@@ -46,6 +46,9 @@ async fn main() -> Result<()> {
     if which == "all" || which == "lifecycle" {
         lifecycle_benches().await?;
     }
+    if which == "all" || which == "sessions" {
+        session_benches().await?;
+    }
     if which == "all" || which == "network" {
         network_benches().await?;
     }
@@ -658,5 +661,53 @@ async fn network_benches() -> Result<()> {
     let _ = proxy.kill();
     let _ = host_srv.kill();
     let _ = host_http.kill();
+    Ok(())
+}
+
+/// Listing 1,000 live sessions in one sprite.
+async fn session_benches() -> Result<()> {
+    let count: usize = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let s = TestServer::start()?;
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", s.token);
+    let r = http
+        .post(format!("{}/v1/sprites", s.url))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"name": "many"}))
+        .send()
+        .await?;
+    ensure!(r.status() == 201);
+    let t = Instant::now();
+    for _ in 0..count {
+        // TTY sessions outlive their client: open, read session_info, leave.
+        let (ws, _) = ws_connect(&s, "/v1/sprites/many/exec?cmd=sleep&cmd=3600&tty=true").await?;
+        drop(ws);
+    }
+    let made = t.elapsed();
+    let url = format!("{}/v1/sprites/many/exec", s.url);
+    let mut times = Vec::new();
+    let mut listed = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let v: serde_json::Value = http
+            .get(&url)
+            .header("authorization", &auth)
+            .send()
+            .await?
+            .json()
+            .await?;
+        times.push(t.elapsed());
+        listed = v["sessions"].as_array().map(|a| a.len()).unwrap_or(0);
+    }
+    ensure!(listed >= count, "listed {listed} of {count} sessions");
+    println!(
+        "{count} live sessions made in {:.2} s; GET /exec lists {listed}: p50 {}  p95 {}",
+        made.as_secs_f64(),
+        ms(pct(times.clone(), 0.5)),
+        ms(pct(times, 0.95))
+    );
     Ok(())
 }

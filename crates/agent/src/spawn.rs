@@ -184,14 +184,21 @@ async fn run(
     // back, or output would be lost.
     let mut last_end = s.end_offset();
     let mut quiet_since = tokio::time::Instant::now();
-    while readers.iter().any(|t| !t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let end = s.end_offset();
-        if end != last_end || !s.has_room() {
-            last_end = end;
-            quiet_since = tokio::time::Instant::now();
-        } else if quiet_since.elapsed() >= DRAIN_AFTER_EXIT {
-            break;
+    {
+        let mut all = futures::future::join_all(readers.iter_mut());
+        loop {
+            tokio::select! {
+                _ = &mut all => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    let end = s.end_offset();
+                    if end != last_end || !s.has_room() {
+                        last_end = end;
+                        quiet_since = tokio::time::Instant::now();
+                    } else if quiet_since.elapsed() >= DRAIN_AFTER_EXIT {
+                        break;
+                    }
+                }
+            }
         }
     }
     for task in readers {

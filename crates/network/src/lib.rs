@@ -83,9 +83,16 @@ impl SpriteNet {
     }
 }
 
+/// Networks built ahead of time, so creating or waking a sprite does not wait for one.
+const POOL_SIZE: usize = 2;
+
 /// The networks of all sprites of this server.
 pub struct Network {
     upstream: SocketAddr,
+    /// Owner tag of this server's pooled (unassigned) networks in the slot registry.
+    pool_tag: String,
+    pool: Mutex<Vec<Plan>>,
+    building: std::sync::atomic::AtomicUsize,
     sprites: Mutex<HashMap<String, Arc<SpriteNet>>>,
     policies: Mutex<HashMap<String, Policy>>,
 }
@@ -102,13 +109,68 @@ pub fn host_resolver() -> Option<SocketAddr> {
 
 impl Network {
     /// Prepares the host (forwarding, root rules) and answers names through `upstream`.
-    pub fn new(upstream: SocketAddr) -> Result<Arc<Self>, NetError> {
+    /// `instance` tells this server's pooled networks apart from other servers' on the host.
+    pub fn new(upstream: SocketAddr, instance: &str) -> Result<Arc<Self>, NetError> {
         netns::host_setup()?;
-        Ok(Arc::new(Self {
+        let pool_tag = format!("pool:{instance}:");
+        // Pooled networks of an earlier run are still good if they exist.
+        let mut pool = Vec::new();
+        for p in Plan::registered_with_prefix(&pool_tag) {
+            if netns::exists(&p) && pool.len() < POOL_SIZE {
+                pool.push(p);
+            } else {
+                netns::teardown(&p);
+                p.release();
+            }
+        }
+        let net = Arc::new(Self {
             upstream,
+            pool_tag,
+            pool: Mutex::new(pool),
+            building: std::sync::atomic::AtomicUsize::new(0),
             sprites: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
-        }))
+        });
+        net.refill();
+        Ok(net)
+    }
+
+    /// Builds pooled networks in the background until the pool is full.
+    fn refill(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let have =
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() + self.building.load(SeqCst);
+        for _ in have..POOL_SIZE {
+            self.building.fetch_add(1, SeqCst);
+            let me = self.clone();
+            std::thread::spawn(move || {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let tag = format!(
+                    "{}{}-{}",
+                    me.pool_tag,
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                );
+                match Plan::allocate(&tag).and_then(|p| netns::setup(&p).map(|_| p)) {
+                    Ok(p) => me.pool.lock().unwrap_or_else(|e| e.into_inner()).push(p),
+                    Err(e) => tracing::warn!("pre-building a sprite network: {e}"),
+                }
+                me.building.fetch_sub(1, SeqCst);
+            });
+        }
+    }
+
+    /// Releases pooled networks (at shutdown; a next run would reuse them otherwise).
+    pub fn drain_pool(&self) {
+        for p in self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            netns::teardown(&p);
+            p.release();
+        }
     }
 
     fn compiled(&self, id: &str) -> (Policy, Compiled) {
@@ -125,7 +187,7 @@ impl Network {
 
     /// Builds (or, after a server restart, re-adopts) the network of sprite `id` and starts
     /// its resolver. Returns the plan, whose sprite namespace the sprite must join.
-    pub fn up(&self, id: &str) -> Result<Plan, NetError> {
+    pub fn up(self: &Arc<Self>, id: &str) -> Result<Plan, NetError> {
         if let Some(s) = self
             .sprites
             .lock()
@@ -136,10 +198,25 @@ impl Network {
                 return Ok(s.plan.clone());
             }
         }
-        let plan = Plan::allocate(id)?;
-        if !netns::exists(&plan) {
-            netns::setup(&plan)?;
-        }
+        let plan = match Plan::registered_with_prefix(id)
+            .into_iter()
+            .find(|p| p.id == id && netns::exists(p))
+        {
+            // Still there from before (a server restart): keep it.
+            Some(p) => p,
+            None => {
+                let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match pooled {
+                    Some(p) => p.claim(id)?,
+                    None => {
+                        let p = Plan::allocate(id)?;
+                        netns::setup(&p)?;
+                        p
+                    }
+                }
+            }
+        };
+        self.refill();
         let net = Arc::new(SpriteNet {
             plan: plan.clone(),
             policy: Mutex::new(self.compiled(id)),
@@ -177,9 +254,12 @@ impl Network {
                 }
                 n.plan.clone()
             }
-            None => match Plan::allocate(id) {
-                Ok(p) => p,
-                Err(_) => return,
+            None => match Plan::registered_with_prefix(id)
+                .into_iter()
+                .find(|p| p.id == id)
+            {
+                Some(p) => p,
+                None => return,
             },
         };
         netns::teardown(&plan);

@@ -99,6 +99,31 @@ impl Plan {
         Err(NetError::Tool("no free network slot on this host".into()))
     }
 
+    /// Hands this (already built) slot to sprite `id`.
+    pub fn claim(mut self, id: &str) -> Result<Self, NetError> {
+        std::fs::write(format!("{SLOTS_DIR}/{}", self.slot), id)
+            .map_err(|e| NetError::Tool(e.to_string()))?;
+        self.id = id.to_string();
+        Ok(self)
+    }
+
+    /// Slots registered to owners that start with `prefix` (for pools left by an earlier run).
+    pub fn registered_with_prefix(prefix: &str) -> Vec<Plan> {
+        let mut out = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(SLOTS_DIR) {
+            for e in dir.flatten() {
+                let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                if let (true, Some(slot)) = (
+                    owner.starts_with(prefix),
+                    e.file_name().to_str().and_then(|n| n.parse().ok()),
+                ) {
+                    out.push(Self::new(&owner, slot));
+                }
+            }
+        }
+        out
+    }
+
     /// Gives the slot back.
     pub fn release(&self) {
         let path = format!("{SLOTS_DIR}/{}", self.slot);
@@ -109,18 +134,13 @@ impl Plan {
 
     /// The plan of sprite `id` in uplink slot `slot`.
     pub fn new(id: &str, slot: u32) -> Self {
-        let short: String = id
-            .trim_start_matches("sprite-")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect();
         let net = UPLINK_BASE + slot * 4;
+        // Named by slot, not by sprite: a pre-built network can be handed to any sprite.
         Plan {
             slot,
             id: id.to_string(),
-            sprite_ns: format!("sp-{short}"),
-            router_ns: format!("sr-{short}"),
+            sprite_ns: format!("sp-{slot}"),
+            router_ns: format!("sr-{slot}"),
             host_if: format!("spr{slot}"),
             host_addr: Ipv4Addr::from(net + 1),
             router_addr: Ipv4Addr::from(net + 2),
@@ -411,7 +431,7 @@ mod tests {
     #[test]
     fn plans_do_not_collide() {
         let a = Plan::new("sprite-0123abcd-aaaa", 0);
-        let b = Plan::new("sprite-0123abcd-bbbb", 1);
+        let b = Plan::new("sprite-0123abcd-aaaa", 1);
         assert_eq!(a.host_addr, Ipv4Addr::new(100, 64, 0, 1));
         assert_eq!(b.router_addr, Ipv4Addr::new(100, 64, 0, 6));
         assert_ne!(a.host_if, b.host_if);

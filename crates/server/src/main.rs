@@ -270,7 +270,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .or_else(sprites_network::host_resolver)
             .context("no DNS server in /etc/resolv.conf; pass --dns-upstream")?;
         Some(
-            sprites_network::Network::new(upstream)
+            sprites_network::Network::new(upstream, &cfg.instance())
                 .context("setting up sprite networking (or run with --network false)")?,
         )
     } else {

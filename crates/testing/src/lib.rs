@@ -280,30 +280,30 @@ impl TestServer {
     /// Removes the network namespaces (and uplink slots) of this server's sprites: with the
     /// server killed, nobody else will.
     fn remove_networks(&self) {
-        let Ok(runs) = std::fs::read_dir(self.data_dir.join("run")) else {
+        let ids: Vec<String> = std::fs::read_dir(self.data_dir.join("run"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("sprite-{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pool = format!("pool:{}:", instance_name(&self.data_dir));
+        let Ok(slots) = std::fs::read_dir("/run/sprites-net") else {
             return;
         };
-        for e in runs.flatten() {
-            let uuid = e.file_name().to_string_lossy().into_owned();
-            let short: String = uuid
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(12)
-                .collect();
-            for ns in [format!("sp-{short}"), format!("sr-{short}")] {
+        for slot in slots.flatten() {
+            let owner = std::fs::read_to_string(slot.path()).unwrap_or_default();
+            if !(owner.starts_with(&pool) || ids.contains(&owner)) {
+                continue;
+            }
+            let n = slot.file_name().to_string_lossy().into_owned();
+            for ns in [format!("sp-{n}"), format!("sr-{n}")] {
                 let _ = Command::new("ip")
                     .args(["netns", "del", &ns])
                     .stderr(Stdio::null())
                     .status();
             }
-            let id = format!("sprite-{uuid}");
-            if let Ok(slots) = std::fs::read_dir("/run/sprites-net") {
-                for slot in slots.flatten() {
-                    if std::fs::read_to_string(slot.path()).ok().as_deref() == Some(id.as_str()) {
-                        let _ = std::fs::remove_file(slot.path());
-                    }
-                }
-            }
+            let _ = std::fs::remove_file(slot.path());
         }
     }
 }

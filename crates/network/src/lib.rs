@@ -198,20 +198,21 @@ impl Network {
                 return Ok(s.plan.clone());
             }
         }
-        let plan = match Plan::registered_with_prefix(id)
+        // `fresh`: built by us just now (rules open), so an open policy needs no nft run.
+        let (plan, fresh) = match Plan::registered_with_prefix(id)
             .into_iter()
             .find(|p| p.id == id && netns::exists(p))
         {
-            // Still there from before (a server restart): keep it.
-            Some(p) => p,
+            // Still there from before (a server restart): keep it, rules unknown.
+            Some(p) => (p, false),
             None => {
                 let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 match pooled {
-                    Some(p) => p.claim(id)?,
+                    Some(p) => (p.claim(id)?, true),
                     None => {
                         let p = Plan::allocate(id)?;
                         netns::setup(&p)?;
-                        p
+                        (p, true)
                     }
                 }
             }
@@ -223,7 +224,9 @@ impl Network {
             resolved: Mutex::new(HashMap::new()),
             dns: Mutex::new(None),
         });
-        net.enforce()?;
+        if !(fresh && net.is_open()) {
+            net.enforce()?;
+        }
         let sock = dns::bind_in_router(&plan)?;
         let task = tokio::spawn(dns::serve(net.clone(), sock, self.upstream));
         *net.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);

@@ -41,8 +41,14 @@ impl Ports {
         let me = ports.clone();
         tokio::spawn(async move {
             loop {
-                let found = tokio::task::spawn_blocking(scan).await.unwrap_or_default();
-                me.update(found, &reg);
+                // Reading /proc/net/tcp walks the kernel's whole socket hash, so only look
+                // while someone can hear about it: an attached exec client or a watcher.
+                let listening = me.events.receiver_count() > 0
+                    || reg.all().iter().any(|s| s.activity(Duration::ZERO).0 > 0);
+                if listening {
+                    let found = tokio::task::spawn_blocking(scan).await.unwrap_or_default();
+                    me.update(found, &reg);
+                }
                 tokio::time::sleep(SCAN_EVERY).await;
             }
         });
@@ -69,6 +75,17 @@ impl Ports {
             let pid = owner_pid(inode).unwrap_or(0);
             self.announce("port_opened", &l, pid, reg);
             cur.insert(inode, (l, pid));
+        }
+    }
+
+    /// Takes in the current listeners without announcing them (they go out as the list).
+    fn update_quietly(&self, found: Vec<Listener>) {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let now: BTreeMap<u64, Listener> = found.into_iter().map(|l| (l.inode, l)).collect();
+        cur.retain(|k, _| now.contains_key(k));
+        for (inode, l) in now {
+            cur.entry(inode)
+                .or_insert_with(|| (l, owner_pid(inode).unwrap_or(0)));
         }
     }
 
@@ -182,6 +199,9 @@ pub async fn watch(State(ports): State<Arc<Ports>>, ws: WebSocketUpgrade) -> Res
 
 async fn watch_client(mut socket: WebSocket, ports: Arc<Ports>) {
     let mut rx = ports.events.subscribe();
+    // The list must be current even if nobody was watching a moment ago.
+    let found = tokio::task::spawn_blocking(scan).await.unwrap_or_default();
+    ports.update_quietly(found);
     if socket
         .send(Message::Text(ports.list().to_string().into()))
         .await

@@ -363,21 +363,14 @@ async fn create_destroy_cycles_leave_nothing_behind() {
     let inet = FakeInternet::start();
     let s = TestServer::start_with(&["--dns-upstream", &inet.dns.to_string()]).unwrap();
     let api = Api::new(&s);
-    let count = |what: &[&str]| {
-        String::from_utf8(Command::new("ip").args(what).output().unwrap().stdout)
-            .unwrap()
-            .lines()
-            .count()
-    };
-    let netns_before = count(&["netns", "list"]);
-    let links_before = count(&["-o", "link"]);
     let cycles: usize = std::env::var("SPRITES_NET_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let mut ids = Vec::new();
     for i in 0..cycles {
         let name = format!("c{i}");
-        api.create(&name).await;
+        ids.push(api.create(&name).await["id"].as_str().unwrap().to_string());
         let r = api
             .req(Method::DELETE, &format!("/v1/sprites/{name}"))
             .send()
@@ -385,6 +378,61 @@ async fn create_destroy_cycles_leave_nothing_behind() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
     }
-    assert_eq!(count(&["netns", "list"]), netns_before, "namespaces leaked");
-    assert_eq!(count(&["-o", "link"]), links_before, "interfaces leaked");
+    // Let the pre-built pool finish refilling.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No slot is still held by a deleted sprite...
+    let registry: Vec<(String, String)> = std::fs::read_dir("/run/sprites-net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (slot, owner) in &registry {
+        assert!(
+            !ids.contains(owner),
+            "slot {slot} still held by deleted {owner}"
+        );
+    }
+    // ...and every sprite namespace and uplink interface on the host belongs to a live slot.
+    let slots: std::collections::HashSet<&str> = registry.iter().map(|(s, _)| s.as_str()).collect();
+    let netns = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for name in netns.lines().filter_map(|l| l.split_whitespace().next()) {
+        if let Some(n) = name
+            .strip_prefix("sp-")
+            .or_else(|| name.strip_prefix("sr-"))
+        {
+            assert!(slots.contains(n), "namespace {name} has no slot: leaked");
+        }
+    }
+    let links = String::from_utf8(
+        Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for l in links.lines() {
+        if let Some(n) = l
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.strip_prefix("spr"))
+            .map(|n| n.split('@').next().unwrap_or("").trim_end_matches(':'))
+        {
+            assert!(slots.contains(n), "interface spr{n} has no slot: leaked");
+        }
+    }
 }

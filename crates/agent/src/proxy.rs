@@ -27,9 +27,75 @@ fn join(host: &str, port: u16) -> String {
     }
 }
 
-/// `GET /proxy` (WebSocket): `{"host","port"}` first, then a raw relay.
-pub async fn proxy(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(16 << 20).on_upgrade(relay_ws)
+/// `GET /proxy` (WebSocket): `{"host","port"}` first, then a raw relay. Our own SDK may ask
+/// for `Upgrade: tcp` with `?host=&port=` instead: no framing at all, so much faster.
+pub async fn proxy(Query(q): Query<Vec<(String, String)>>, req: Request) -> Response {
+    let raw = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
+    if raw {
+        return raw_proxy(q, req).await;
+    }
+    let (mut parts, _) = req.into_parts();
+    match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(
+        &mut parts,
+        &(),
+    )
+    .await
+    {
+        Ok(ws) => ws.max_message_size(16 << 20).on_upgrade(relay_ws),
+        Err(e) => error(
+            ErrorCode::BadRequest,
+            format!("expected a WebSocket or an Upgrade: tcp request: {e}"),
+        ),
+    }
+}
+
+async fn raw_proxy(q: Vec<(String, String)>, mut req: Request) -> Response {
+    let get = |k: &str| q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
+    let host = get("host")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let Some(port) = get("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return error(ErrorCode::BadRequest, "invalid port number");
+    };
+    let tcp =
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return error(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach {}: {e}", join(&host, port)),
+                )
+            }
+            Err(_) => {
+                return error(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach {}: timed out", join(&host, port)),
+                )
+            }
+        };
+    let _ = tcp.set_nodelay(true);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            let mut up = hyper_util::rt::TokioIo::new(up);
+            let mut tcp = tcp;
+            let _ =
+                tokio::io::copy_bidirectional_with_sizes(&mut up, &mut tcp, 256 << 10, 256 << 10)
+                    .await;
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [(header::CONNECTION, "upgrade"), (header::UPGRADE, "tcp")],
+    )
+        .into_response()
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {

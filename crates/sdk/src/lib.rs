@@ -21,5 +21,5 @@ mod proxy;
 pub use client::{Client, ListOptions, SpriteHandle};
 pub use error::{Error, Result};
 pub use exec::{Child, ChildOutput, ChildStdin, Command, KillEvent, Output, SessionInfo};
-pub use proxy::{PortMapping, ProxyManager, ProxySession};
+pub use proxy::{PortMapping, ProxyManager, ProxySession, ProxyStream};
 pub use sprites_api as api;

@@ -3,7 +3,9 @@
 //! ([`SpriteHandle::proxy_port`], [`SpriteHandle::proxy_ports`]) and a [`ProxyManager`].
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -112,9 +114,86 @@ impl ProxyManager {
     }
 }
 
+/// A TCP connection into a sprite: `AsyncRead + AsyncWrite`.
+pub struct ProxyStream(Pin<Box<dyn ProxyIo>>);
+
+impl std::fmt::Debug for ProxyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyStream")
+    }
+}
+
+trait ProxyIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> ProxyIo for T {}
+
+impl tokio::io::AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ProxyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+}
+
 impl SpriteHandle {
-    /// Opens one TCP connection to `host:port` inside the sprite.
-    pub async fn proxy_socket(&self, host: &str, port: u16) -> Result<DuplexStream> {
+    /// Opens one TCP connection to `host:port` inside the sprite. Against our server this is
+    /// a raw `Upgrade: tcp` stream; servers that only speak the WebSocket form get that.
+    pub async fn proxy_socket(&self, host: &str, port: u16) -> Result<ProxyStream> {
+        let req = self
+            .client
+            .request(reqwest::Method::GET, &sprite_path(&self.name, "/proxy"))
+            .query(&[("host", host.to_string()), ("port", port.to_string())])
+            .header("connection", "upgrade")
+            .header("upgrade", "tcp");
+        let resp = req.send().await.map_err(|e| self.client.connect_err(e))?;
+        match resp.status().as_u16() {
+            101 => {
+                let up = resp.upgrade().await?;
+                return Ok(ProxyStream(Box::pin(up)));
+            }
+            404 | 401 | 503 => {
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await?;
+                let e = Error::from_body(status, &body);
+                return Err(match e {
+                    Error::Api {
+                        status: 503,
+                        message,
+                        ..
+                    } => Error::Api {
+                        status: 502,
+                        code: Some("proxy_failed".into()),
+                        message: format!("cannot reach {host}:{port} in the sprite: {message}"),
+                    },
+                    other => other,
+                });
+            }
+            _ => {}
+        }
+        Ok(ProxyStream(Box::pin(
+            self.proxy_socket_ws(host, port).await?,
+        )))
+    }
+
+    /// The WebSocket form of the proxy (spec §5).
+    async fn proxy_socket_ws(&self, host: &str, port: u16) -> Result<DuplexStream> {
         let client = &self.client;
         let url = format!(
             "{}{}",
@@ -260,7 +339,7 @@ impl SpriteHandle {
                         let (me, h) = (me.clone(), h.clone());
                         tokio::spawn(async move {
                             if let Ok(mut remote) = me.proxy_socket(&h, port).await {
-                                let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                                let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, 256 << 10, 256 << 10).await;
                             }
                         });
                     }

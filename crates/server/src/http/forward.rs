@@ -70,7 +70,14 @@ pub async fn forward(
             match tokio::try_join!(client_upgrade, agent_upgrade) {
                 Ok((c, a)) => {
                     let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut a).await {
+                    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                        &mut c,
+                        &mut a,
+                        256 << 10,
+                        256 << 10,
+                    )
+                    .await
+                    {
                         tracing::debug!(%sprite, "upgraded connection ended: {e}");
                     }
                 }

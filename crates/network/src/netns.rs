@@ -175,9 +175,39 @@ pub(crate) fn run(args: &[&str]) -> Result<(), NetError> {
     }
 }
 
+/// Runs `cmd` with `script` on its stdin; fails with its stderr.
+fn feed(mut cmd: Command, what: &str, script: &str) -> Result<(), NetError> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            NetError::Tool(format!(
+                "{what}: {e} (Debian's iproute2 and nftables are needed)"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| NetError::Tool(format!("{what}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Tool(format!("{what}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Tool(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Runs an nft script in namespace `ns` (or the root namespace).
 pub(crate) fn nft(ns: Option<&str>, script: &str) -> Result<(), NetError> {
-    let mut cmd = match ns {
+    let cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns, "nft", "-f", "-"]);
@@ -189,29 +219,7 @@ pub(crate) fn nft(ns: Option<&str>, script: &str) -> Result<(), NetError> {
             c
         }
     };
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Tool(format!("nft: {e} (install Debian's nftables package)")))?;
-    child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(script.as_bytes()))
-        .transpose()
-        .map_err(|e| NetError::Tool(e.to_string()))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetError::Tool(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Tool(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    feed(cmd, "nft", script)
 }
 
 /// One-time host setup: forwarding, and the root-namespace rules every sprite relies on.
@@ -246,31 +254,8 @@ fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), NetError> {
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
     }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Tool(format!("ip: {e}")))?;
-    let script = lines.join("\n") + "\n";
-    child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(script.as_bytes()))
-        .transpose()
-        .map_err(|e| NetError::Tool(e.to_string()))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetError::Tool(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Tool(format!(
-            "ip -batch failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    cmd.args(["-batch", "-"]);
+    feed(cmd, "ip -batch", &(lines.join("\n") + "\n"))
 }
 
 /// Runs `f` on a short-lived thread inside network namespace `ns`: `/proc/sys/net` writes and

@@ -90,17 +90,17 @@ async fn version_header(mut resp: Response) -> Response {
     resp
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// Every `/v1` route needs `Authorization: Bearer <token>`; the org goes into extensions.
 async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let token = bearer(req.headers());
     let Some(token) = token else {
         return ApiError::new(ErrorCode::Unauthorized, "missing bearer token").into_response();
     };

@@ -74,16 +74,7 @@ async fn serve(state: &AppState, label: &str, mut req: Request) -> Result<Respon
         return Err(ApiError::new(ErrorCode::NotFound, "no sprite at this URL"));
     };
     if rec.url_auth != "public" {
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .map(str::to_string);
+        let token = super::bearer(req.headers()).map(str::to_string);
         let ok = match token {
             Some(t) => crate::auth::verify(&state.store, &t)
                 .await?

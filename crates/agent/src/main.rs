@@ -9,6 +9,7 @@
 //! `sprites-agent-protocol` and the public wire types of `sprites-api`.
 
 mod exec;
+mod fsapi;
 mod init;
 mod ports;
 mod proxy;

@@ -198,6 +198,7 @@ pub fn router(state: AgentState) -> Router {
                 .route("/ports/watch", get(crate::ports::watch))
                 .with_state(state.ports),
         )
+        .merge(crate::fsapi::router())
         .fallback(|| async { error(ErrorCode::NotFound, "no such route in the sprite") })
 }
 

@@ -4,6 +4,7 @@
 //! (`shared/spec/sprites-protocol.md`). It does no I/O, so the server, the agent, the SDK and
 //! the CLI can all depend on it without pulling in a runtime.
 
+pub mod checkpoint;
 pub mod error;
 pub mod exec;
 pub mod names;

@@ -117,6 +117,18 @@ impl NamespaceBackend {
         )))
     }
 
+    /// The sprite's disk mount, reached through the launcher's mount namespace (it is mounted
+    /// nowhere else on the host).
+    fn open_disk_mount(&self, id: &str) -> Result<std::fs::File, BackendError> {
+        let pid = self
+            .launcher_pid(id)
+            .ok_or_else(|| BackendError::NotRunning(id.to_string()))?;
+        let mnt = RunPaths::new(&self.run_dir(id)).disk_mnt;
+        let path =
+            Path::new(&format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap_or(&mnt));
+        Ok(std::fs::File::open(path)?)
+    }
+
     async fn wait_launcher_gone(&self, id: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -127,6 +139,24 @@ impl NamespaceBackend {
         }
         self.launcher_pid(id).is_none()
     }
+}
+
+nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
+nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
+
+/// FIFREEZE/FITHAW: the filesystem is synced, its journal settled, and writers block.
+fn fs_freeze(dir: &std::fs::File, freeze: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut arg: libc::c_int = 0;
+    // SAFETY: both ioctls take (and ignore) a pointer to an int, which outlives the call.
+    let r = unsafe {
+        if freeze {
+            fifreeze(dir.as_raw_fd(), &mut arg)
+        } else {
+            fithaw(dir.as_raw_fd(), &mut arg)
+        }
+    };
+    r.map(|_| ()).map_err(std::io::Error::from)
 }
 
 fn unix_socket_ok(path: &Path) -> Result<(), BackendError> {
@@ -233,6 +263,8 @@ impl Backend for NamespaceBackend {
     async fn is_running(&self, spec: &SpriteSpec) -> bool {
         let running = self.launcher_pid(&spec.id).is_some();
         if running {
+            // A server that died in the middle of a checkpoint leaves the filesystem frozen.
+            let _ = self.thaw_disk(spec).await;
             // A sprite adopted after a server restart needs its resolver served again.
             if let Some(net) = &self.cfg.network {
                 let (net, id) = (net.clone(), spec.id.clone());
@@ -283,6 +315,24 @@ impl Backend for NamespaceBackend {
 
     async fn resume(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         Ok(self.cgroup(&spec.id).set_frozen(false)?)
+    }
+
+    async fn freeze_disk(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        let fd = self.open_disk_mount(&spec.id)?;
+        tokio::task::spawn_blocking(move || fs_freeze(&fd, true))
+            .await
+            .map_err(|e| BackendError::Other(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn thaw_disk(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        let Ok(fd) = self.open_disk_mount(&spec.id) else {
+            return Ok(()); // not running: nothing is frozen
+        };
+        match fs_freeze(&fd, false) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()), // was not frozen
+            r => Ok(r?),
+        }
     }
 
     async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError> {

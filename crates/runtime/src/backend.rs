@@ -122,6 +122,20 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// Makes the sprite's disk consistent and keeps it from changing (a filesystem freeze)
+    /// until [`Backend::thaw_disk`]. The runtime pauses the sprite first.
+    async fn freeze_disk(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind().as_str(),
+            op: "freezing the disk",
+        })
+    }
+
+    /// Undoes [`Backend::freeze_disk`]; harmless on a disk that is not frozen.
+    async fn thaw_disk(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Applies changed limits (memory) to a live sprite.
     async fn update_limits(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
         Err(BackendError::Unsupported {

@@ -231,6 +231,66 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs `f` while the sprite's disk cannot change: a running sprite is paused and its
+    /// filesystem frozen, a cold one is kept from booting. Lifecycle changes of this sprite wait
+    /// until `f` is done; the sprite then returns to the state it was in.
+    pub async fn with_disk_still<T, F, Fut>(
+        &self,
+        spec: &SpriteSpec,
+        f: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let slot = self.slot(&spec.id);
+        let g = slot.inner.lock().await;
+        let mut g = g;
+        let state = self.observe(spec, &mut g).await;
+        if state == State::Cold {
+            return Ok(f().await);
+        }
+        if state == State::Running {
+            self.backend.pause(spec).await?;
+        }
+        if let Err(e) = self.backend.freeze_disk(spec).await {
+            if state == State::Running {
+                let _ = self.backend.resume(spec).await;
+            }
+            return Err(e);
+        }
+        let out = f().await;
+        let thawed = self.backend.thaw_disk(spec).await;
+        if state == State::Running {
+            self.backend.resume(spec).await?;
+        }
+        g.idle_since = None;
+        thawed.map(|_| out)
+    }
+
+    /// Stops the sprite, runs `f` (which replaces its disk), and boots it again. Every process
+    /// and exec session of the sprite ends; services start again at boot.
+    pub async fn with_disk_replaced<T, E, F, Fut>(
+        &self,
+        spec: &SpriteSpec,
+        f: F,
+    ) -> Result<Result<T, E>, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let slot = self.slot(&spec.id);
+        let mut g = slot.inner.lock().await;
+        if self.observe(spec, &mut g).await != State::Cold {
+            self.backend.stop(spec).await?;
+        }
+        self.set(&mut g, spec, State::Cold);
+        let out = f().await;
+        self.backend.start(spec).await?;
+        self.set(&mut g, spec, State::Running);
+        Ok(out)
+    }
+
     /// Stops the sprite and releases every host resource but its disk; forgets it.
     pub async fn destroy(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         self.stop(spec).await?;

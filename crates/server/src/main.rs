@@ -5,6 +5,7 @@
 //! namespaces, KVM or guest frames itself: those belong to the runtime crates.
 
 mod auth;
+mod checkpoints;
 mod config;
 mod error;
 mod http;
@@ -95,6 +96,12 @@ struct ServeArgs {
     /// DNS server sprites' queries are forwarded to (default: the host's first nameserver).
     #[arg(long, env = "SPRITES_DNS_UPSTREAM")]
     dns_upstream: Option<SocketAddr>,
+    /// Where checkpoints are stored: a folder (default: <data-dir>/objects) or
+    /// `s3://bucket/prefix` for any S3-compatible store, configured by the usual `AWS_*`
+    /// variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`).
+    #[arg(long, env = "SPRITES_OBJECT_STORE")]
+    object_store: Option<String>,
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
@@ -255,6 +262,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         agent_bin,
         memory_limit: a.memory_mb << 20,
         pids_limit: a.pids_limit,
+        object_store: a
+            .object_store
+            .clone()
+            .unwrap_or_else(|| a.data.data_dir.join("objects").display().to_string()),
     };
     let store = open_store(&a.data)?;
     bootstrap(&store, &cfg)?;
@@ -285,7 +296,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cgroup_instance: cfg.instance(),
     });
     let runtime = Arc::new(Runtime::new(Arc::new(backend)));
-    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network));
+    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network)?);
     svc.collect_garbage()
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -301,6 +312,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tick: a.idle_tick,
         };
         tokio::spawn(svc.runtime.clone().run_idle_loop(policy));
+        // Objects left by a crash mid-checkpoint go before any new checkpoint can start.
+        svc.prune_checkpoints().await;
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);

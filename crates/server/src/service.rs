@@ -32,6 +32,11 @@ pub struct Sprites {
     pub port: std::sync::atomic::AtomicU16,
     /// Memory limits set through the resources policy, by sprite id (MiB).
     memory_overrides: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Checkpoint chunks and manifests.
+    pub chunks: Arc<sprites_storage::checkpoint::ChunkStore>,
+    /// Serializes checkpoint operations per sprite.
+    pub(crate) checkpoint_locks:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Policy kinds stored per sprite.
@@ -44,10 +49,13 @@ impl Sprites {
         store: Store,
         runtime: Arc<Runtime>,
         network: Option<Arc<sprites_network::Network>>,
-    ) -> Self {
+    ) -> Result<Self, sprites_storage::StorageError> {
         let disks = DiskFactory::new(&cfg.image_dir);
         let port = std::sync::atomic::AtomicU16::new(cfg.listen.port());
-        Self {
+        let chunks = Arc::new(sprites_storage::checkpoint::ChunkStore::open(
+            &cfg.object_store,
+        )?);
+        Ok(Self {
             cfg,
             store,
             runtime,
@@ -55,7 +63,9 @@ impl Sprites {
             disks,
             port,
             memory_overrides: Default::default(),
-        }
+            chunks,
+            checkpoint_locks: Default::default(),
+        })
     }
 
     /// What the runtime needs to run `rec`.
@@ -471,6 +481,7 @@ impl Sprites {
     pub async fn delete(&self, org: &Org, name: &str) -> Result<(), ApiError> {
         let rec = self.find(org, name).await?;
         self.runtime.destroy(&self.spec(&rec)).await?;
+        self.delete_all_checkpoints(&rec).await?;
         let id = rec.id.clone();
         self.store
             .with(move |c| store::delete_sprite(c, &id))
@@ -506,6 +517,9 @@ impl Sprites {
             if name.starts_with("sprite-") && !known.contains(&name) {
                 tracing::info!(id = %name, "removing files of a deleted sprite");
                 let _ = std::fs::remove_dir_all(e.path());
+            } else if e.path().join("disk.ext4.restore").exists() {
+                tracing::info!(id = %name, "removing a disk staged by an interrupted restore");
+                let _ = std::fs::remove_file(e.path().join("disk.ext4.restore"));
             }
         }
         Ok(())

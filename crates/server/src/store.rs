@@ -81,6 +81,28 @@ CREATE TABLE policies (
 );
 "#,
         ),
+        M::up(
+            r#"
+CREATE TABLE checkpoints (
+    sprite_id TEXT NOT NULL REFERENCES sprites(id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    comment TEXT,
+    created_at INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    source_id TEXT,
+    history TEXT NOT NULL DEFAULT '[]',
+    bytes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sprite_id, id)
+);
+CREATE TABLE checkpoint_heads (
+    sprite_id TEXT PRIMARY KEY REFERENCES sprites(id) ON DELETE CASCADE,
+    next_seq INTEGER NOT NULL DEFAULT 0,
+    head TEXT,
+    restored_from TEXT
+);
+"#,
+        ),
     ])
 }
 
@@ -439,6 +461,154 @@ pub fn policies(c: &Connection, kind: &str) -> Result<Vec<(String, String)>> {
     let mut st = c.prepare("SELECT sprite_id, body FROM policies WHERE kind = ?1")?;
     let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A checkpoint record; its disk is the manifest at `manifest` in the object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// Owning sprite.
+    pub sprite_id: String,
+    /// `v<seq>`.
+    pub id: String,
+    /// Order of creation.
+    pub seq: i64,
+    /// Free text.
+    pub comment: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Object key of the manifest.
+    pub manifest: String,
+    /// Checkpoint the disk descended from.
+    pub source_id: Option<String>,
+    /// JSON array of ancestors, newest first.
+    pub history: String,
+    /// Non-zero bytes of the disk.
+    pub bytes: i64,
+}
+
+/// Where a sprite's checkpoints stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointHead {
+    /// Sequence number of the next checkpoint (versions are never reused).
+    pub next_seq: i64,
+    /// The checkpoint the live disk descends from.
+    pub head: Option<String>,
+    /// The checkpoint last restored.
+    pub restored_from: Option<String>,
+}
+
+const CKPT_COLS: &str =
+    "sprite_id, id, seq, comment, created_at, manifest, source_id, history, bytes";
+
+fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRecord> {
+    Ok(CheckpointRecord {
+        sprite_id: r.get(0)?,
+        id: r.get(1)?,
+        seq: r.get(2)?,
+        comment: r.get(3)?,
+        created_at: r.get(4)?,
+        manifest: r.get(5)?,
+        source_id: r.get(6)?,
+        history: r.get(7)?,
+        bytes: r.get(8)?,
+    })
+}
+
+/// A sprite's checkpoints, newest first.
+pub fn checkpoints(c: &Connection, sprite_id: &str) -> Result<Vec<CheckpointRecord>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {CKPT_COLS} FROM checkpoints WHERE sprite_id = ?1 ORDER BY seq DESC"
+    ))?;
+    let rows = st.query_map([sprite_id], checkpoint_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One checkpoint.
+pub fn checkpoint(c: &Connection, sprite_id: &str, id: &str) -> Result<Option<CheckpointRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {CKPT_COLS} FROM checkpoints WHERE sprite_id = ?1 AND id = ?2"),
+        params![sprite_id, id],
+        checkpoint_row,
+    )
+    .optional()?)
+}
+
+/// Manifest keys of every checkpoint of every sprite.
+pub fn all_manifests(c: &Connection) -> Result<Vec<String>> {
+    let mut st = c.prepare("SELECT manifest FROM checkpoints")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Where a sprite's checkpoints stand.
+pub fn checkpoint_head(c: &Connection, sprite_id: &str) -> Result<CheckpointHead> {
+    Ok(c.query_row(
+        "SELECT next_seq, head, restored_from FROM checkpoint_heads WHERE sprite_id = ?1",
+        [sprite_id],
+        |r| {
+            Ok(CheckpointHead {
+                next_seq: r.get(0)?,
+                head: r.get(1)?,
+                restored_from: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
+}
+
+fn set_head(c: &Connection, sprite_id: &str, h: &CheckpointHead) -> Result<()> {
+    c.execute(
+        "INSERT INTO checkpoint_heads (sprite_id, next_seq, head, restored_from) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (sprite_id) DO UPDATE SET next_seq = excluded.next_seq, head = excluded.head,
+         restored_from = excluded.restored_from",
+        params![sprite_id, h.next_seq, h.head, h.restored_from],
+    )?;
+    Ok(())
+}
+
+/// Records a new checkpoint and makes it the head, in one transaction.
+pub fn insert_checkpoint(c: &mut Connection, rec: &CheckpointRecord) -> Result<()> {
+    let tx = c.transaction()?;
+    let mut head = checkpoint_head(&tx, &rec.sprite_id)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO checkpoints ({CKPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
+        params![
+            rec.sprite_id,
+            rec.id,
+            rec.seq,
+            rec.comment,
+            rec.created_at,
+            rec.manifest,
+            rec.source_id,
+            rec.history,
+            rec.bytes
+        ],
+    )?;
+    head.next_seq = head.next_seq.max(rec.seq + 1);
+    head.head = Some(rec.id.clone());
+    set_head(&tx, &rec.sprite_id, &head)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Records that the live disk now is checkpoint `id`.
+pub fn mark_restored(c: &Connection, sprite_id: &str, id: &str) -> Result<()> {
+    let mut head = checkpoint_head(c, sprite_id)?;
+    head.head = Some(id.to_string());
+    head.restored_from = Some(id.to_string());
+    set_head(c, sprite_id, &head)
+}
+
+/// Forgets a checkpoint.
+pub fn delete_checkpoint(c: &Connection, sprite_id: &str, id: &str) -> Result<()> {
+    c.execute(
+        "DELETE FROM checkpoints WHERE sprite_id = ?1 AND id = ?2",
+        params![sprite_id, id],
+    )?;
+    Ok(())
 }
 
 /// Deletes a sprite record.

@@ -1,8 +1,10 @@
-//! Storage for sprites: the read-only base image and each sprite's writable disk.
+//! Storage for sprites: the read-only base image, each sprite's writable disk, and
+//! content-addressed checkpoints of those disks in an object store.
 //!
 //! Architecture invariant: this crate handles bytes and files. It runs external tools that
 //! produce files (debootstrap, mkfs) but never runs a sprite or talks HTTP.
 
+pub mod checkpoint;
 pub mod disk;
 pub mod image;
 pub mod mirror;

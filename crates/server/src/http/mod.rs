@@ -1,6 +1,7 @@
 //! Routes of the public API. Handlers only translate: parse, call [`crate::service`], map the
 //! result to a response.
 
+mod checkpoints;
 mod forward;
 mod sprites;
 mod url;
@@ -54,6 +55,16 @@ pub fn router(state: AppState) -> Router {
                 .post(sprites::set_policy)
                 .put(sprites::set_policy)
                 .delete(sprites::delete_policy),
+        )
+        .route("/sprites/{name}/checkpoint", post(checkpoints::create))
+        .route("/sprites/{name}/checkpoints", get(checkpoints::list))
+        .route(
+            "/sprites/{name}/checkpoints/{id}",
+            get(checkpoints::get).delete(checkpoints::delete),
+        )
+        .route(
+            "/sprites/{name}/checkpoints/{id}/restore",
+            post(checkpoints::restore),
         )
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))

@@ -1,0 +1,411 @@
+//! Checkpoints (§6): consistent snapshots of a sprite's disk in the chunk store, restore, and
+//! the progress streams the clients read. The disk work is `sprites_storage::checkpoint`'s;
+//! this module decides when a sprite is frozen or stopped and what is recorded where.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sprites_api::checkpoint::{self as ck, Checkpoint, StreamEvent};
+use sprites_api::{timefmt, ErrorCode};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::service::Sprites;
+use crate::store::{self, now_ms, CheckpointRecord, Org, SpriteRecord};
+
+/// Sink of progress lines; a client that went away does not stop the operation.
+pub type Progress = mpsc::Sender<StreamEvent>;
+
+fn now() -> String {
+    timefmt::format_millis(now_ms())
+}
+
+async fn say(tx: &Progress, msg: impl Into<String>) {
+    let _ = tx.send(StreamEvent::info(msg, now())).await;
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn to_api(r: &CheckpointRecord) -> Checkpoint {
+    Checkpoint {
+        id: r.id.clone(),
+        create_time: timefmt::format_millis(r.created_at),
+        comment: Some(r.comment.clone().unwrap_or_default()),
+        history: serde_json::from_str(&r.history).ok(),
+        is_auto: Some(false),
+        source_id: r.source_id.clone(),
+        health: Some(String::new()),
+    }
+}
+
+fn storage_err(e: sprites_storage::StorageError) -> ApiError {
+    ApiError::internal(e)
+}
+
+impl Sprites {
+    fn checkpoint_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.checkpoint_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(sprite_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    async fn checkpoint_record(
+        &self,
+        rec: &SpriteRecord,
+        id: &str,
+    ) -> Result<CheckpointRecord, ApiError> {
+        let (sid, cid) = (rec.id.clone(), id.to_string());
+        self.store
+            .with(move |c| store::checkpoint(c, &sid, &cid))
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("checkpoint {id:?} not found"))
+            })
+    }
+
+    /// The sprite's checkpoints, newest first, after the `Current` pseudo-entry.
+    pub async fn list_checkpoints(
+        &self,
+        org: &Org,
+        name: &str,
+        history: Option<&str>,
+    ) -> Result<Vec<Checkpoint>, ApiError> {
+        let rec = self.find(org, name).await?;
+        let sid = rec.id.clone();
+        let (rows, head) = self
+            .store
+            .with(move |c| {
+                Ok((
+                    store::checkpoints(c, &sid)?,
+                    store::checkpoint_head(c, &sid)?,
+                ))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len() + 1);
+        if history.is_none() {
+            out.push(Checkpoint {
+                id: ck::CURRENT_ID.into(),
+                create_time: now(),
+                comment: Some(String::new()),
+                history: None,
+                is_auto: Some(false),
+                source_id: head.head.clone(),
+                health: Some(String::new()),
+            });
+        }
+        for r in &rows {
+            let c = to_api(r);
+            // `history=vN`: the checkpoints that descend from vN (JSON, which every client
+            // parses, rather than the text lines of the hosted service).
+            if let Some(h) = history {
+                if !c
+                    .history
+                    .as_ref()
+                    .is_some_and(|hs| hs.iter().any(|x| x == h))
+                {
+                    continue;
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// One checkpoint (or the `Current` pseudo-entry).
+    pub async fn get_checkpoint(
+        &self,
+        org: &Org,
+        name: &str,
+        id: &str,
+    ) -> Result<Checkpoint, ApiError> {
+        if id == ck::CURRENT_ID {
+            let list = self.list_checkpoints(org, name, None).await?;
+            return Ok(list.into_iter().next().expect("Current is always listed"));
+        }
+        let rec = self.find(org, name).await?;
+        Ok(to_api(&self.checkpoint_record(&rec, id).await?))
+    }
+
+    /// Checks what can be checked before a progress stream starts (so a missing sprite is a
+    /// plain 404), then runs the checkpoint in its own task.
+    pub async fn start_checkpoint(
+        self: &Arc<Self>,
+        org: &Org,
+        name: &str,
+        comment: Option<String>,
+        tx: Progress,
+    ) -> Result<(), ApiError> {
+        let rec = self.find(org, name).await?;
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let line = match svc.create_checkpoint(&rec, comment, &tx).await {
+                Ok(id) => {
+                    StreamEvent::complete(format!("Checkpoint {id} created successfully"), now())
+                }
+                Err(e) => {
+                    StreamEvent::error(format!("Failed to create checkpoint: {}", e.message), now())
+                }
+            };
+            let _ = tx.send(line).await;
+        });
+        Ok(())
+    }
+
+    /// Takes a checkpoint: the disk is held still only while it is read; uploading new chunks
+    /// and writing the manifest happen after the sprite runs again.
+    pub async fn create_checkpoint(
+        &self,
+        rec: &SpriteRecord,
+        comment: Option<String>,
+        tx: &Progress,
+    ) -> Result<String, ApiError> {
+        let lock = self.checkpoint_lock(&rec.id);
+        let _g = lock.lock().await;
+        let sid = rec.id.clone();
+        let head = self
+            .store
+            .with(move |c| store::checkpoint_head(c, &sid))
+            .await?;
+        let seq = head.next_seq;
+        let id = format!("v{seq}");
+        say(tx, format!("Creating checkpoint {id}...")).await;
+        let spec = self.spec(rec);
+        let started = Instant::now();
+        let pending = self
+            .runtime
+            .with_disk_still(&spec, || self.chunks.snapshot(&spec.disk))
+            .await?
+            .map_err(storage_err)?;
+        let still_ms = started.elapsed().as_millis();
+        let stats = pending.stats;
+        let key = format!("manifests/{}/{id}.json", rec.id);
+        let manifest = pending.commit(&key).await.map_err(storage_err)?;
+        let mut history: Vec<String> = Vec::new();
+        if let Some(h) = &head.head {
+            history.push(h.clone());
+            let (sid, h) = (rec.id.clone(), h.clone());
+            if let Some(parent) = self
+                .store
+                .with(move |c| store::checkpoint(c, &sid, &h))
+                .await?
+            {
+                let older: Vec<String> = serde_json::from_str(&parent.history).unwrap_or_default();
+                history.extend(older.into_iter().take(50));
+            }
+        }
+        let row = CheckpointRecord {
+            sprite_id: rec.id.clone(),
+            id: id.clone(),
+            seq,
+            comment: comment.filter(|c| !c.is_empty()),
+            created_at: now_ms(),
+            manifest: key.clone(),
+            source_id: head.head.clone(),
+            history: serde_json::to_string(&history).map_err(ApiError::internal)?,
+            bytes: (manifest.chunks.len() as u64 * manifest.chunk_size) as i64,
+        };
+        if let Err(e) = self
+            .store
+            .with(move |c| store::insert_checkpoint(c, &row))
+            .await
+        {
+            let _ = self.chunks.remove(&key).await;
+            return Err(e.into());
+        }
+        say(
+            tx,
+            format!(
+                "Checkpoint {id}: read {} ({} chunks), stored {} new, disk still for {still_ms} ms, {} ms in all",
+                mib(stats.bytes_scanned),
+                stats.chunks,
+                mib(stats.bytes_transferred),
+                started.elapsed().as_millis()
+            ),
+        )
+        .await;
+        Ok(id)
+    }
+
+    /// Checks that the checkpoint exists, then restores it in its own task.
+    pub async fn start_restore(
+        self: &Arc<Self>,
+        org: &Org,
+        name: &str,
+        id: &str,
+        tx: Progress,
+    ) -> Result<(), ApiError> {
+        let rec = self.find(org, name).await?;
+        let ckpt = self.checkpoint_record(&rec, id).await?;
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let line = match svc.restore_checkpoint(&rec, &ckpt, &tx).await {
+                Ok(()) => {
+                    StreamEvent::complete(format!("Restore from {} complete", ckpt.id), now())
+                }
+                Err(e) => StreamEvent::error(
+                    format!("Failed to restore {}: {}", ckpt.id, e.message),
+                    now(),
+                ),
+            };
+            let _ = tx.send(line).await;
+        });
+        Ok(())
+    }
+
+    /// Replaces the sprite's disk with a checkpoint's. The new disk is written beside the old
+    /// one first and swapped in by a rename while the sprite is stopped, so a crash at any point
+    /// leaves one whole disk or the other, and the sprite is down only for the swap and a boot.
+    pub async fn restore_checkpoint(
+        &self,
+        rec: &SpriteRecord,
+        ckpt: &CheckpointRecord,
+        tx: &Progress,
+    ) -> Result<(), ApiError> {
+        let lock = self.checkpoint_lock(&rec.id);
+        let _g = lock.lock().await;
+        let started = Instant::now();
+        say(tx, format!("Restoring from checkpoint {}...", ckpt.id)).await;
+        let manifest = self
+            .chunks
+            .read_manifest(&ckpt.manifest)
+            .await
+            .map_err(storage_err)?;
+        let spec = self.spec(rec);
+        let staged = spec.disk.with_extension("ext4.restore");
+        let stats = match self.chunks.materialize(&manifest, &staged).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(storage_err(e));
+            }
+        };
+        say(
+            tx,
+            format!(
+                "Disk of {} written ({} in {} chunks, {} ms)",
+                ckpt.id,
+                mib(stats.bytes_transferred),
+                stats.chunks,
+                started.elapsed().as_millis()
+            ),
+        )
+        .await;
+        say(tx, "Stopping process for restore...").await;
+        let disk = spec.disk.clone();
+        let swapped = self
+            .runtime
+            .with_disk_replaced(&spec, || async {
+                say(tx, "Process stopped successfully").await;
+                let r = swap_in(&staged, &disk);
+                say(tx, "Starting process after restore...").await;
+                r
+            })
+            .await?;
+        swapped.map_err(ApiError::internal)?;
+        let (sid, cid) = (rec.id.clone(), ckpt.id.clone());
+        self.store
+            .with(move |c| store::mark_restored(c, &sid, &cid))
+            .await?;
+        say(
+            tx,
+            format!(
+                "Restore from {} complete in {} ms",
+                ckpt.id,
+                started.elapsed().as_millis()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Deletes a checkpoint and frees the chunks no other checkpoint uses.
+    pub async fn delete_checkpoint(&self, org: &Org, name: &str, id: &str) -> Result<(), ApiError> {
+        let rec = self.find(org, name).await?;
+        if id == ck::CURRENT_ID {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the Current state is not a checkpoint and cannot be deleted",
+            ));
+        }
+        let lock = self.checkpoint_lock(&rec.id);
+        let _g = lock.lock().await;
+        let ckpt = self.checkpoint_record(&rec, id).await?;
+        let sid = rec.id.clone();
+        let head = self
+            .store
+            .with(move |c| store::checkpoint_head(c, &sid))
+            .await?;
+        if head.restored_from.as_deref() == Some(id) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "checkpoint {id} is the active checkpoint (the sprite was restored from it)"
+                ),
+            ));
+        }
+        // The record goes first: a crash after it leaves an orphan manifest, which startup
+        // pruning removes, never a record without its data.
+        let (sid, cid) = (rec.id.clone(), id.to_string());
+        self.store
+            .with(move |c| store::delete_checkpoint(c, &sid, &cid))
+            .await?;
+        self.chunks
+            .remove(&ckpt.manifest)
+            .await
+            .map_err(storage_err)?;
+        Ok(())
+    }
+
+    /// Removes every checkpoint of a sprite that is being deleted.
+    pub async fn delete_all_checkpoints(&self, rec: &SpriteRecord) -> Result<(), ApiError> {
+        let sid = rec.id.clone();
+        let rows = self
+            .store
+            .with(move |c| store::checkpoints(c, &sid))
+            .await?;
+        for r in rows {
+            let (sid, cid) = (r.sprite_id.clone(), r.id.clone());
+            self.store
+                .with(move |c| store::delete_checkpoint(c, &sid, &cid))
+                .await?;
+            self.chunks.remove(&r.manifest).await.map_err(storage_err)?;
+        }
+        Ok(())
+    }
+
+    /// Drops manifests no record names and chunks no manifest names (a crash mid-checkpoint).
+    pub async fn prune_checkpoints(&self) {
+        let keys = match self.store.with(|c| store::all_manifests(c)).await {
+            Ok(k) => k.into_iter().collect::<std::collections::HashSet<_>>(),
+            Err(e) => {
+                tracing::warn!("checkpoint pruning skipped: {e}");
+                return;
+            }
+        };
+        match self.chunks.prune(|k| keys.contains(k)).await {
+            Ok((0, 0)) => {}
+            Ok((manifests, chunks)) => {
+                tracing::info!(
+                    manifests,
+                    chunks,
+                    "removed checkpoint objects left by a crash"
+                )
+            }
+            Err(e) => tracing::warn!(store = %self.chunks.description(), "checkpoint pruning: {e}"),
+        }
+    }
+}
+
+/// Renames the staged disk over the live one and makes the rename durable.
+fn swap_in(staged: &std::path::Path, disk: &std::path::Path) -> std::io::Result<()> {
+    std::fs::rename(staged, disk)?;
+    if let Some(dir) = disk.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

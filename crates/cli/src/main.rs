@@ -107,6 +107,17 @@ pub enum Cmd {
         #[arg(short = 'W', long = "stdio")]
         stdio: Option<String>,
     },
+    /// Save, list and manage checkpoints of the sprite's disk.
+    #[command(visible_alias = "checkpoints")]
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: CheckpointCmd,
+    },
+    /// Restore the sprite from a checkpoint (its processes stop; it boots on that disk).
+    Restore {
+        /// Checkpoint id, such as v1.
+        id: String,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).
@@ -165,6 +176,42 @@ pub enum SessionsCmd {
         /// Wait before SIGKILL.
         #[arg(long, default_value = "10s")]
         timeout: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CheckpointCmd {
+    /// Create a new checkpoint.
+    Create {
+        /// Optional comment describing this checkpoint.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List all checkpoints.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Include auto-generated checkpoints.
+        #[arg(long)]
+        include_auto: bool,
+        /// Only checkpoints that descend from this version.
+        #[arg(long)]
+        history: Option<String>,
+    },
+    /// Show information about a specific checkpoint.
+    Info {
+        /// Checkpoint id, such as v2.
+        id: String,
+    },
+    /// Delete a checkpoint.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Checkpoint id, such as v3.
+        id: String,
+    },
+    /// Restore from a checkpoint version.
+    Restore {
+        /// Checkpoint id, such as v1.
+        id: String,
     },
 }
 

@@ -291,3 +291,64 @@ impl Drop for TmuxGuard {
 fn scopeguard(name: String) -> TmuxGuard {
     TmuxGuard(name)
 }
+
+#[test]
+fn checkpoint_commands() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "ck", "--skip-console"]);
+    ok(&s, &["exec", "-s", "ck", "--", "sh", "-c", "echo v0 > ~/f"]);
+    let out = ok(
+        &s,
+        &[
+            "checkpoint",
+            "create",
+            "-s",
+            "ck",
+            "--comment",
+            "before change",
+        ],
+    );
+    assert_eq!(out, "Checkpoint created: v0\n");
+    ok(&s, &["exec", "-s", "ck", "--", "sh", "-c", "echo v1 > ~/f"]);
+    assert_eq!(
+        ok(&s, &["checkpoint", "create", "-s", "ck"]),
+        "Checkpoint created: v1\n"
+    );
+    let list = ok(&s, &["checkpoints", "ls", "-s", "ck"]);
+    let ids: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["Current", "v1", "v0"], "{list}");
+    assert!(list.contains("before change"), "{list}");
+    let info = ok(&s, &["checkpoint", "info", "-s", "ck", "v1"]);
+    assert!(
+        info.contains("ID:       v1") && info.contains("Source:   v0"),
+        "{info}"
+    );
+
+    let out = ok(&s, &["restore", "-s", "ck", "v0"]);
+    assert_eq!(out, "Restore from v0 complete\n");
+    assert_eq!(
+        ok(&s, &["exec", "-s", "ck", "--", "cat", "/home/sprite/f"]),
+        "v0\n"
+    );
+    ok(&s, &["checkpoint", "restore", "-s", "ck", "v1"]);
+    assert_eq!(
+        ok(&s, &["exec", "-s", "ck", "--", "cat", "/home/sprite/f"]),
+        "v1\n"
+    );
+
+    let err = fails(&s, &["checkpoint", "delete", "-s", "ck", "v1"]);
+    assert!(err.contains("active checkpoint"), "{err}");
+    assert_eq!(
+        ok(&s, &["checkpoint", "rm", "-s", "ck", "v0"]),
+        "Deleted checkpoint v0\n"
+    );
+    let err = fails(&s, &["checkpoint", "info", "-s", "ck", "v0"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(&s, &["restore", "-s", "ck", "v42"]);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -104,6 +104,22 @@ impl Client {
         }
     }
 
+    /// Sends a request whose body is a long stream (no overall timeout) and checks its status.
+    pub(crate) async fn send_stream(
+        &self,
+        req: reqwest::RequestBuilder,
+        ok: &[u16],
+    ) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.connect_err(e))?;
+        let status = resp.status().as_u16();
+        if ok.contains(&status) {
+            Ok(resp)
+        } else {
+            let body = resp.bytes().await?;
+            Err(Error::from_body(status, &body))
+        }
+    }
+
     pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,

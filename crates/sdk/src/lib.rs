@@ -12,12 +12,14 @@
 //! Architecture invariant: this crate knows the public API only (through `sprites-api`); it
 //! never depends on server internals.
 
+mod checkpoint;
 mod client;
 mod error;
 mod exec;
 mod frames;
 mod proxy;
 
+pub use checkpoint::Progress;
 pub use client::{Client, ListOptions, SpriteHandle};
 pub use error::{Error, Result};
 pub use exec::{Child, ChildOutput, ChildStdin, Command, KillEvent, Output, SessionInfo};

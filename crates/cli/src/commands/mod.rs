@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod checkpoint;
 pub mod exec;
 pub mod proxy;
 pub mod sprites;
@@ -9,7 +10,7 @@ pub mod sprites;
 use anyhow::Result;
 
 use crate::context::Ctx;
-use crate::{Cli, Cmd, OrgCmd, SessionsCmd};
+use crate::{CheckpointCmd, Cli, Cmd, OrgCmd, SessionsCmd};
 
 /// Runs the command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
@@ -54,6 +55,17 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             timeout,
                         },
                 } => exec::kill(&ctx, &id, &signal, &timeout).await,
+                Cmd::Checkpoint { cmd } => match cmd {
+                    CheckpointCmd::Create { comment } => checkpoint::create(&ctx, comment).await,
+                    CheckpointCmd::List {
+                        include_auto,
+                        history,
+                    } => checkpoint::list(&ctx, include_auto, history).await,
+                    CheckpointCmd::Info { id } => checkpoint::info(&ctx, &id).await,
+                    CheckpointCmd::Delete { id } => checkpoint::delete(&ctx, &id).await,
+                    CheckpointCmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
+                },
+                Cmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
                 Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
                 _ => unreachable!("handled above"),

@@ -15,9 +15,14 @@
 //!   loopback connection to the same server program, and sprite URL request latency against
 //!   the same request sent straight to the server program on the host.
 //!
-//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|network|all]` (as root; builds the
+//! * `storage`: checkpoint and restore time for 1 GiB written and for 10 MiB changed after it;
+//!   filesystem API write/read of 256 MiB against `cp` on the host.
+//!
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|all]` (as root; builds the
 //! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
+
+mod storage;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,9 @@ async fn main() -> Result<()> {
     }
     if which == "all" || which == "network" {
         network_benches().await?;
+    }
+    if which == "all" || which == "storage" {
+        storage::storage_benches().await?;
     }
     Ok(())
 }

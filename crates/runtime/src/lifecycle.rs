@@ -208,8 +208,17 @@ impl Runtime {
                 let slot = self.slot(&spec.id);
                 {
                     let mut g = slot.inner.lock().await;
-                    if self.backend.is_running(spec).await {
-                        return Err(first);
+                    // A sprite that is still shutting down (a stop cut short by a server
+                    // crash) gets a moment to finish; then it is booted again.
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    while self.backend.is_running(spec).await {
+                        if let Ok(s) = self.backend.connect(spec).await {
+                            return Ok(s);
+                        }
+                        if Instant::now() > deadline {
+                            return Err(first);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     tracing::warn!(id = %spec.id, "sprite stopped unexpectedly; booting it again");
                     self.set(&mut g, spec, State::Cold);

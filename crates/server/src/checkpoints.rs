@@ -257,9 +257,10 @@ impl Sprites {
         Ok(())
     }
 
-    /// Replaces the sprite's disk with a checkpoint's. The new disk is written beside the old
-    /// one first and swapped in by a rename while the sprite is stopped, so a crash at any point
-    /// leaves one whole disk or the other, and the sprite is down only for the swap and a boot.
+    /// Turns the sprite's disk into the checkpoint's while the sprite is stopped, rewriting only
+    /// the chunks that differ. The plan is journaled before the disk is touched, so a crash in
+    /// the middle is completed at the next start ([`Sprites::finish_interrupted_restores`]):
+    /// the sprite boots with the old disk or the new one, never a mix.
     pub async fn restore_checkpoint(
         &self,
         rec: &SpriteRecord,
@@ -269,44 +270,38 @@ impl Sprites {
         let lock = self.checkpoint_lock(&rec.id);
         let _g = lock.lock().await;
         let started = Instant::now();
-        say(tx, format!("Restoring from checkpoint {}...", ckpt.id)).await;
         let manifest = self
             .chunks
             .read_manifest(&ckpt.manifest)
             .await
             .map_err(storage_err)?;
         let spec = self.spec(rec);
-        let staged = spec.disk.with_extension("ext4.restore");
-        let stats = match self.chunks.materialize(&manifest, &staged).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(&staged);
-                return Err(storage_err(e));
-            }
-        };
-        say(
-            tx,
-            format!(
-                "Disk of {} written ({} in {} chunks, {} ms)",
-                ckpt.id,
-                mib(stats.bytes_transferred),
-                stats.chunks,
-                started.elapsed().as_millis()
-            ),
-        )
-        .await;
         say(tx, "Stopping process for restore...").await;
-        let disk = spec.disk.clone();
-        let swapped = self
+        let restored = self
             .runtime
             .with_disk_replaced(&spec, || async {
                 say(tx, "Process stopped successfully").await;
-                let r = swap_in(&staged, &disk);
+                say(tx, format!("Restoring from checkpoint {}...", ckpt.id)).await;
+                let r = self.chunks.restore_in_place(&manifest, &spec.disk).await;
+                if let Ok(st) = &r {
+                    say(
+                        tx,
+                        format!(
+                            "Disk of {}: compared {}, rewrote {} in {} chunks ({} ms)",
+                            ckpt.id,
+                            mib(st.bytes_scanned),
+                            mib(st.bytes_transferred),
+                            st.chunks_transferred,
+                            started.elapsed().as_millis()
+                        ),
+                    )
+                    .await;
+                }
                 say(tx, "Starting process after restore...").await;
                 r
             })
             .await?;
-        swapped.map_err(ApiError::internal)?;
+        restored.map_err(storage_err)?;
         let (sid, cid) = (rec.id.clone(), ckpt.id.clone());
         self.store
             .with(move |c| store::mark_restored(c, &sid, &cid))
@@ -321,6 +316,32 @@ impl Sprites {
         )
         .await;
         Ok(())
+    }
+
+    /// Completes restores a crash interrupted (a committed journal beside a disk). Runs at
+    /// startup, before any sprite can boot.
+    pub async fn finish_interrupted_restores(&self) {
+        let recs = match self.store.with(|c| store::all_sprites(c)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("listing sprites for restore recovery: {e}");
+                return;
+            }
+        };
+        for rec in recs {
+            let spec = self.spec(&rec);
+            if !sprites_storage::checkpoint::journal_path(&spec.disk).exists() {
+                continue;
+            }
+            if self.runtime.state(&spec).await != sprites_runtime::State::Cold {
+                tracing::error!(id = %rec.id, "a restore journal exists but the sprite runs; leaving it");
+                continue;
+            }
+            match self.chunks.finish_restore(&spec.disk).await {
+                Ok(_) => tracing::info!(id = %rec.id, "finished a restore interrupted by a crash"),
+                Err(e) => tracing::error!(id = %rec.id, "finishing an interrupted restore: {e}"),
+            }
+        }
     }
 
     /// Deletes a checkpoint and frees the chunks no other checkpoint uses.
@@ -399,13 +420,4 @@ impl Sprites {
             Err(e) => tracing::warn!(store = %self.chunks.description(), "checkpoint pruning: {e}"),
         }
     }
-}
-
-/// Renames the staged disk over the live one and makes the rename durable.
-fn swap_in(staged: &std::path::Path, disk: &std::path::Path) -> std::io::Result<()> {
-    std::fs::rename(staged, disk)?;
-    if let Some(dir) = disk.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -305,6 +305,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         svc.load_policies().await.map_err(|e| anyhow::anyhow!(e.message))?;
+        // Before anything can boot a sprite or start a checkpoint: restores a crash cut short
+        // are completed, and objects left by a crash mid-checkpoint go.
+        svc.finish_interrupted_restores().await;
+        svc.prune_checkpoints().await;
         svc.adopt_and_track().await.map_err(|e| anyhow::anyhow!(e.message))?;
         let policy = sprites_runtime::IdlePolicy {
             warm_after: a.warm_after,
@@ -312,8 +316,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tick: a.idle_tick,
         };
         tokio::spawn(svc.runtime.clone().run_idle_loop(policy));
-        // Objects left by a crash mid-checkpoint go before any new checkpoint can start.
-        svc.prune_checkpoints().await;
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);

@@ -517,9 +517,6 @@ impl Sprites {
             if name.starts_with("sprite-") && !known.contains(&name) {
                 tracing::info!(id = %name, "removing files of a deleted sprite");
                 let _ = std::fs::remove_dir_all(e.path());
-            } else if e.path().join("disk.ext4.restore").exists() {
-                tracing::info!(id = %name, "removing a disk staged by an interrupted restore");
-                let _ = std::fs::remove_file(e.path().join("disk.ext4.restore"));
             }
         }
         Ok(())

@@ -293,19 +293,27 @@ async fn kill9_mid_checkpoint_and_mid_restore() {
     drop(resp);
     s.restart().unwrap();
     let api = Api::new(&s);
+    let r = api
+        .req(Method::POST, "/v1/sprites/crash/exec?cmd=true")
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(st, StatusCode::OK, "{body}\n{}", s.log());
     let o = api.sh("crash", "cat ~/mark; ls ~").await;
     assert!(
         o.stdout == "A\nblob\nmark\n" || o.stdout == "B\nC\nblob\nblob2\nmark\n",
         "old or new disk, never a mix: {o:?}"
     );
-    // Either way, restore works again afterwards and leaves no staged file behind.
+    // Either way, restore works again afterwards and leaves no journal behind.
     let lines = stream(&api, "/v1/sprites/crash/checkpoints/v0/restore", None).await;
     assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
     let o = api.sh("crash", "cat ~/mark").await;
     assert_eq!(o.stdout, "A\n");
     let staged: Vec<_> = walk(&s.data_dir.join("sprites"))
         .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".restore"))
+        .filter(|p| p.to_string_lossy().contains("restore-journal"))
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
 }

@@ -265,12 +265,11 @@ impl ChunkStore {
             })
             .buffered(READ_PARALLEL);
         while let Some(r) = hashed.next().await {
-            let (i, data) = r.map_err(|e| StorageError::Config(e.to_string()))??;
-            stats.bytes_scanned += data.len() as u64;
-            if is_zero(&data) {
-                continue;
-            }
-            let h: Hash = *blake3::hash(&data).as_bytes();
+            let (i, len, chunk) = r.map_err(|e| StorageError::Config(e.to_string()))??;
+            stats.bytes_scanned += len;
+            let Some((h, data)) = chunk else {
+                continue; // all zeros: a hole
+            };
             chunks.push((i, hex(&h)));
             if !guard.present.contains(&h) && seen_new.insert(h) {
                 stats.chunks_transferred += 1;
@@ -341,13 +340,13 @@ impl ChunkStore {
                         .bytes()
                         .await
                         .map_err(store_err("fetching chunk"))?;
-                    if *blake3::hash(&data).as_bytes() != hash {
-                        return Err(StorageError::Config(format!(
-                            "chunk {h} in the object store is damaged"
-                        )));
-                    }
                     let n = data.len() as u64;
                     tokio::task::spawn_blocking(move || {
+                        if *blake3::hash(&data).as_bytes() != hash {
+                            return Err(StorageError::Config(format!(
+                                "chunk {h} in the object store is damaged"
+                            )));
+                        }
                         file.write_all_at(&data, i * chunk_size)
                             .map_err(io_err("writing restored disk"))
                     })
@@ -370,6 +369,152 @@ impl ChunkStore {
             .await
             .map_err(|e| StorageError::Config(e.to_string()))??;
         Ok(stats)
+    }
+
+    /// Turns the disk at `disk` into the disk of `manifest`, in place, writing only the chunks
+    /// that differ. The plan (which chunk becomes what) is committed to a journal beside the
+    /// disk before the disk is touched, so a crash in the middle is finished by
+    /// [`ChunkStore::finish_restore`] at the next start: the disk ends up old (no journal yet)
+    /// or new (journal replayed), never a mix. The disk must not be in use.
+    pub async fn restore_in_place(&self, manifest: &Manifest, disk: &Path) -> Result<Stats> {
+        if manifest.chunk_size != CHUNK_SIZE {
+            return Err(StorageError::Config(format!(
+                "manifest chunk size {} is not {CHUNK_SIZE}",
+                manifest.chunk_size
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .map_err(io_err(format!("opening disk {}", disk.display())))?;
+        let size = file.metadata().map_err(io_err("reading disk size"))?.len();
+        let file = Arc::new(file);
+        let mut want: HashMap<u64, String> = manifest.chunks.iter().cloned().collect();
+        let current = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || data_chunks(&file, size))
+                .await
+                .map_err(|e| StorageError::Config(e.to_string()))??
+        };
+        let mut stats = Stats::default();
+        let mut entries: Vec<(u64, Option<String>)> = Vec::new();
+        let mut hashed = futures::stream::iter(current)
+            .map(|i| {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || read_chunk(&file, i, size))
+            })
+            .buffered(READ_PARALLEL);
+        while let Some(r) = hashed.next().await {
+            let (i, len, chunk) = r.map_err(|e| StorageError::Config(e.to_string()))??;
+            stats.bytes_scanned += len;
+            let have = chunk.map(|(h, _)| hex(&h));
+            let target = want.remove(&i);
+            if have != target {
+                entries.push((i, target));
+            }
+        }
+        // Chunks the target has where the current disk is a hole.
+        entries.extend(want.into_iter().map(|(i, h)| (i, Some(h))));
+        entries.sort();
+        let plan = RestorePlan {
+            size: manifest.size,
+            chunk_size: manifest.chunk_size,
+            entries,
+        };
+        let journal = journal_path(disk);
+        let tmp = journal.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&plan).expect("plan serializes"))
+            .map_err(io_err("writing restore journal"))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing restore journal"))?;
+        std::fs::rename(&tmp, &journal).map_err(io_err("committing restore journal"))?;
+        sync_dir(disk)?;
+        drop(hashed);
+        drop(file);
+        let applied = self.finish_restore(disk).await?.unwrap_or_default();
+        stats.chunks = manifest.chunks.len() as u64;
+        stats.chunks_transferred = applied.chunks_transferred;
+        stats.bytes_transferred = applied.bytes_transferred;
+        Ok(stats)
+    }
+
+    /// Applies a committed restore journal beside `disk`, if there is one, and removes it.
+    /// Idempotent: replaying a journal that was partly or wholly applied gives the same disk.
+    pub async fn finish_restore(&self, disk: &Path) -> Result<Option<Stats>> {
+        let journal = journal_path(disk);
+        let bytes = match std::fs::read(&journal) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("reading restore journal")(e)),
+        };
+        let plan: RestorePlan = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::Config(format!("restore journal is damaged: {e}")))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(disk)
+            .map_err(io_err(format!("opening disk {}", disk.display())))?;
+        if file.metadata().map_err(io_err("reading disk size"))?.len() != plan.size {
+            file.set_len(plan.size).map_err(io_err("sizing disk"))?;
+        }
+        let file = Arc::new(file);
+        let mut stats = Stats::default();
+        let (size, chunk_size) = (plan.size, plan.chunk_size);
+        let mut writes = futures::stream::iter(plan.entries)
+            .map(|(i, h)| {
+                let store = self.store.clone();
+                let file = file.clone();
+                async move {
+                    let off = i * chunk_size;
+                    let Some(h) = h else {
+                        let len = chunk_size.min(size.saturating_sub(off));
+                        tokio::task::spawn_blocking(move || punch_hole(&file, off, len))
+                            .await
+                            .map_err(|e| StorageError::Config(e.to_string()))??;
+                        return Ok::<u64, StorageError>(0);
+                    };
+                    let hash = unhex(&h).ok_or_else(|| {
+                        StorageError::Config(format!("journal has a bad hash {h:?}"))
+                    })?;
+                    let data = store
+                        .get(&chunk_key(&hash))
+                        .await
+                        .map_err(store_err("fetching chunk"))?
+                        .bytes()
+                        .await
+                        .map_err(store_err("fetching chunk"))?;
+                    let n = data.len() as u64;
+                    tokio::task::spawn_blocking(move || {
+                        if *blake3::hash(&data).as_bytes() != hash {
+                            return Err(StorageError::Config(format!(
+                                "chunk {h} in the object store is damaged"
+                            )));
+                        }
+                        file.write_all_at(&data, off)
+                            .map_err(io_err("writing restored disk"))
+                    })
+                    .await
+                    .map_err(|e| StorageError::Config(e.to_string()))??;
+                    Ok(n)
+                }
+            })
+            .buffer_unordered(IO_PARALLEL);
+        while let Some(n) = writes.next().await {
+            let n = n?;
+            if n > 0 {
+                stats.chunks_transferred += 1;
+                stats.bytes_transferred += n;
+            }
+        }
+        drop(writes);
+        let f = file.clone();
+        tokio::task::spawn_blocking(move || f.sync_all().map_err(io_err("syncing restored disk")))
+            .await
+            .map_err(|e| StorageError::Config(e.to_string()))??;
+        std::fs::remove_file(&journal).map_err(io_err("removing restore journal"))?;
+        sync_dir(disk)?;
+        Ok(Some(stats))
     }
 
     /// Deletes a manifest and every chunk no other manifest uses. Returns the chunks freed.
@@ -486,6 +631,42 @@ impl PendingCheckpoint<'_> {
     }
 }
 
+/// What a restore will write: for each chunk that differs, its new hash or `None` for zeros.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RestorePlan {
+    size: u64,
+    chunk_size: u64,
+    entries: Vec<(u64, Option<String>)>,
+}
+
+/// The restore journal of a disk.
+pub fn journal_path(disk: &Path) -> PathBuf {
+    let mut p = disk.as_os_str().to_owned();
+    p.push(".restore-journal");
+    PathBuf::from(p)
+}
+
+fn sync_dir(file_in_it: &Path) -> Result<()> {
+    if let Some(dir) = file_in_it.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory"))?;
+    }
+    Ok(())
+}
+
+fn punch_hole(file: &std::fs::File, off: u64, len: u64) -> Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off as i64,
+        len as i64,
+    )
+    .map_err(|e| io_err("punching a hole in the disk")(e.into()))
+}
+
 /// Indices of the chunks that hold allocated data, found with `SEEK_DATA`/`SEEK_HOLE`.
 fn data_chunks(file: &std::fs::File, size: u64) -> Result<Vec<u64>> {
     use nix::unistd::{lseek, Whence};
@@ -522,13 +703,24 @@ fn is_zero(b: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
-fn read_chunk(file: &std::fs::File, i: u64, size: u64) -> Result<(u64, Bytes)> {
+/// Reads and hashes one chunk (on a blocking thread, so chunks hash in parallel); `None` for
+/// a chunk of zeros.
+#[allow(clippy::type_complexity)]
+fn read_chunk(
+    file: &std::fs::File,
+    i: u64,
+    size: u64,
+) -> Result<(u64, u64, Option<(Hash, Bytes)>)> {
     let off = i * CHUNK_SIZE;
     let len = CHUNK_SIZE.min(size - off) as usize;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, off)
         .map_err(io_err("reading disk"))?;
-    Ok((i, Bytes::from(buf)))
+    if is_zero(&buf) {
+        return Ok((i, len as u64, None));
+    }
+    let h = *blake3::hash(&buf).as_bytes();
+    Ok((i, len as u64, Some((h, Bytes::from(buf)))))
 }
 
 #[cfg(test)]
@@ -598,6 +790,49 @@ mod tests {
         let (orphans, freed) = again.prune(|_| false).await.unwrap();
         assert_eq!((orphans, freed), (1, 4));
         assert_eq!(again.counts().await.unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn restore_in_place_writes_only_differences_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(64 * CHUNK_SIZE)
+            .unwrap();
+        write_at(&disk, 0, &vec![1u8; 4 * CHUNK_SIZE as usize]);
+        let m = store
+            .snapshot(&disk)
+            .await
+            .unwrap()
+            .commit("manifests/s/v0.json")
+            .await
+            .unwrap();
+        // Change one chunk, wipe one to zeros, add data in a hole.
+        write_at(&disk, CHUNK_SIZE + 5, b"changed");
+        write_at(&disk, 2 * CHUNK_SIZE, &vec![0u8; CHUNK_SIZE as usize]);
+        write_at(&disk, 40 * CHUNK_SIZE, b"new data in a hole");
+        let st = store.restore_in_place(&m, &disk).await.unwrap();
+        assert_eq!(st.chunks_transferred, 2, "{st:?}"); // chunks 1 and 2 rewritten
+        assert_eq!(
+            read_at(&disk, 0, 4 * CHUNK_SIZE as usize),
+            vec![1u8; 4 * CHUNK_SIZE as usize]
+        );
+        assert_eq!(read_at(&disk, 40 * CHUNK_SIZE, 18), vec![0u8; 18]);
+        assert!(!journal_path(&disk).exists());
+
+        // A journal committed before a crash is replayed to the same result, even twice.
+        write_at(&disk, 3 * CHUNK_SIZE, b"crash");
+        let plan = RestorePlan {
+            size: 64 * CHUNK_SIZE,
+            chunk_size: CHUNK_SIZE,
+            entries: vec![(3, Some(m.chunks[3].1.clone())), (50, None)],
+        };
+        std::fs::write(journal_path(&disk), serde_json::to_vec(&plan).unwrap()).unwrap();
+        assert!(store.finish_restore(&disk).await.unwrap().is_some());
+        assert!(store.finish_restore(&disk).await.unwrap().is_none());
+        assert_eq!(read_at(&disk, 3 * CHUNK_SIZE, 5), vec![1u8; 5]);
     }
 
     #[tokio::test]

@@ -1,0 +1,185 @@
+//! `storage`: checkpoint and restore time for 1 GiB written and for 10 MiB changed after it,
+//! and filesystem API write/read throughput of a 256 MiB file against `cp` on the host.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use sprites_testing::TestServer;
+
+use crate::ms;
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Api {
+    async fn sh(&self, name: &str, script: &str) -> Result<String> {
+        let r = self
+            .http
+            .post(format!("{}/v1/sprites/{name}/exec", self.base))
+            .query(&[("cmd", "sh"), ("cmd", "-c"), ("cmd", script)])
+            .header("authorization", &self.auth)
+            .header("sprite-exec-framing", "length-prefixed")
+            .send()
+            .await?;
+        ensure!(r.status().is_success(), "exec: {}", r.status());
+        let body = r.bytes().await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Runs a create or restore to the end; its duration and final line.
+    async fn stream(&self, path: &str) -> Result<(Duration, String)> {
+        let t = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("authorization", &self.auth)
+            .json(&serde_json::json!({}))
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "{path}: {}", r.status());
+        let text = r.text().await?;
+        let took = t.elapsed();
+        let last = text.lines().last().unwrap_or_default().to_string();
+        ensure!(last.contains("\"complete\""), "{path} failed: {text}");
+        let stats = text
+            .lines()
+            .filter(|l| l.contains("stored") || l.contains("written ("))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["data"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok((took, stats))
+    }
+}
+
+fn mibs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+pub async fn storage_benches() -> Result<()> {
+    let gib: u64 = std::env::var("BENCH_CKPT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let s = TestServer::start()?;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: s.url.clone(),
+        auth: format!("Bearer {}", s.token),
+    };
+    let r = api
+        .http
+        .post(format!("{}/v1/sprites", s.url))
+        .header("authorization", &api.auth)
+        .json(&serde_json::json!({ "name": "ckbench" }))
+        .send()
+        .await?;
+    ensure!(r.status() == 201, "create: {}", r.status());
+
+    // The empty sprite first: what a checkpoint costs with (almost) nothing written.
+    let (empty, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    println!("checkpoint of a fresh sprite: {}  ({stats})", ms(empty));
+
+    api.sh(
+        "ckbench",
+        &format!("head -c {gib}M /dev/urandom > /home/sprite/big && sync"),
+    )
+    .await?;
+    let (full, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    println!(
+        "checkpoint after {gib} MiB written: {}  = {:.2} s per GiB  ({stats})",
+        ms(full),
+        full.as_secs_f64() * 1024.0 / gib as f64
+    );
+    api.sh(
+        "ckbench",
+        "head -c 10M /dev/urandom > /home/sprite/delta && sync",
+    )
+    .await?;
+    let (inc, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    println!("checkpoint after 10 MiB changed: {}  ({stats})", ms(inc));
+    let (same, _) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    println!("checkpoint with nothing changed: {}", ms(same));
+
+    let (r1, stats) = api
+        .stream("/v1/sprites/ckbench/checkpoints/v1/restore")
+        .await?;
+    println!(
+        "restore of the {gib} MiB checkpoint (to first exec possible): {}  ({stats})",
+        ms(r1)
+    );
+    let (r2, stats) = api
+        .stream("/v1/sprites/ckbench/checkpoints/v2/restore")
+        .await?;
+    println!("restore of the +10 MiB checkpoint: {}  ({stats})", ms(r2));
+    let t = Instant::now();
+    let out = api.sh("ckbench", "ls /home/sprite").await?;
+    ensure!(out.contains("delta"), "restored disk lacks delta: {out}");
+    println!("first exec after restore: {}", ms(t.elapsed()));
+
+    // Filesystem API throughput against cp on the host.
+    let size: u64 = 256 << 20;
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let dir = tempfile_dir()?;
+    let src = dir.join("src");
+    std::fs::write(&src, &data)?;
+    let t = Instant::now();
+    let st = std::process::Command::new("cp")
+        .arg(&src)
+        .arg(dir.join("dst"))
+        .status()?;
+    ensure!(st.success(), "cp failed");
+    let cp = t.elapsed();
+    let t = Instant::now();
+    let r = api
+        .http
+        .put(format!("{}/v1/sprites/ckbench/fs/write", s.url))
+        .query(&[("path", "/home/sprite/fsbench"), ("mkdirParents", "true")])
+        .header("authorization", &api.auth)
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "fs write: {}", r.status());
+    let w = t.elapsed();
+    let t = Instant::now();
+    let r = api
+        .http
+        .get(format!("{}/v1/sprites/ckbench/fs/read", s.url))
+        .query(&[("path", "/home/sprite/fsbench")])
+        .header("authorization", &api.auth)
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "fs read: {}", r.status());
+    let back = r.bytes().await?;
+    let rd = t.elapsed();
+    ensure!(
+        back.len() as u64 == size && back[..] == data[..],
+        "fs read differs"
+    );
+    println!(
+        "fs write 256 MiB: {:.0} MiB/s, fs read: {:.0} MiB/s; host cp: {:.0} MiB/s (ratios {:.2}, {:.2})",
+        mibs(size, w),
+        mibs(size, rd),
+        mibs(size, cp),
+        cp.as_secs_f64() / w.as_secs_f64(),
+        cp.as_secs_f64() / rd.as_secs_f64()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("ckbench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).context("bench temp dir")?;
+    Ok(d)
+}

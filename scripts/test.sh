@@ -15,6 +15,10 @@ if [ ! -f "$SPRITES_TEST_IMAGE_DIR/base/image.json" ]; then
     target/debug/spritesd image build --data-dir "$tmp" --image-dir "$SPRITES_TEST_IMAGE_DIR"
     rm -rf "$tmp"
 fi
+# A real S3-compatible server for the object-store tests of checkpoints.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+fi
 cargo test --workspace --quiet
 SPRITESD_BIN="$PWD/target/debug/spritesd" bash tests/python/run.sh
 (cd tests/js && npm ci --no-audit --no-fund --engine-strict=false --loglevel=error && SPRITESD_BIN="$OLDPWD/target/debug/spritesd" npm test)

@@ -46,7 +46,7 @@ impl Api {
         ensure!(last.contains("\"complete\""), "{path} failed: {text}");
         let stats = text
             .lines()
-            .filter(|l| l.contains("stored") || l.contains("written ("))
+            .filter(|l| l.contains("stored") || l.contains("rewrote"))
             .map(|l| {
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
@@ -108,20 +108,26 @@ pub async fn storage_benches() -> Result<()> {
     let (same, _) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
     println!("checkpoint with nothing changed: {}", ms(same));
 
-    let (r1, stats) = api
-        .stream("/v1/sprites/ckbench/checkpoints/v1/restore")
+    // Back to the fresh sprite (1 GiB of chunks become holes), then forward to the 1 GiB + 10
+    // MiB state (1 GiB written), then to the 1 GiB state (10 MiB differ).
+    let (r0, stats) = api
+        .stream("/v1/sprites/ckbench/checkpoints/v0/restore")
         .await?;
-    println!(
-        "restore of the {gib} MiB checkpoint (to first exec possible): {}  ({stats})",
-        ms(r1)
-    );
+    println!("restore {gib} MiB -> fresh disk: {}  ({stats})", ms(r0));
     let (r2, stats) = api
         .stream("/v1/sprites/ckbench/checkpoints/v2/restore")
         .await?;
-    println!("restore of the +10 MiB checkpoint: {}  ({stats})", ms(r2));
+    println!("restore fresh -> {gib} MiB + 10 MiB: {}  ({stats})", ms(r2));
+    let (r1, stats) = api
+        .stream("/v1/sprites/ckbench/checkpoints/v1/restore")
+        .await?;
+    println!("restore undoing the 10 MiB change: {}  ({stats})", ms(r1));
     let t = Instant::now();
     let out = api.sh("ckbench", "ls /home/sprite").await?;
-    ensure!(out.contains("delta"), "restored disk lacks delta: {out}");
+    ensure!(
+        out.contains("big") && !out.contains("delta"),
+        "restored disk is not v1: {out}"
+    );
     println!("first exec after restore: {}", ms(t.elapsed()));
 
     // Filesystem API throughput against cp on the host.

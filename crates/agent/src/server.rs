@@ -167,6 +167,13 @@ pub fn inside_router(state: AgentState) -> Router {
                 .put(|p, b| tasks::upsert(Some(p), b))
                 .delete(tasks::delete),
         )
+        .route("/v1/checkpoints", get(crate::hostcall::forward))
+        .route("/v1/checkpoint", post(crate::hostcall::forward))
+        .route("/v1/checkpoints/{id}", get(crate::hostcall::forward))
+        .route(
+            "/v1/checkpoints/{id}/restore",
+            post(crate::hostcall::forward),
+        )
         .nest("/v1", services_router().with_state(state.services))
         .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
 }

@@ -1,5 +1,5 @@
-//! `sprite-env`: the in-sprite command line for `/.sprite/api.sock` (services, tasks, and
-//! raw requests with `sprite-env curl`).
+//! `sprite-env`: the in-sprite command line for `/.sprite/api.sock` (services, checkpoints,
+//! tasks, and raw requests with `sprite-env curl`).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,10 @@ const USAGE: &str = "usage: sprite-env <command>
   services create NAME --cmd CMD [--args A,B] [--env K=V,K2=V2] [--dir D] [--needs S1,S2] [--http-port N]
   services start|stop|restart|delete NAME
   services logs NAME [--lines N]
+  checkpoints list
+  checkpoints create [--comment TEXT]
+  checkpoints info ID
+  checkpoints restore ID               (the sprite restarts: this command ends with it)
   curl [-X METHOD] [-d BODY] PATH      request /.sprite/api.sock (virtual host `sprite`)
   version";
 
@@ -59,6 +63,143 @@ async fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, body))
+}
+
+/// Sends a request and hands each line of the response body to `line` as it arrives.
+/// Returns the status and whether the body ended cleanly (a restore cuts it off).
+async fn request_lines(
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    mut line: impl FnMut(&str),
+) -> Result<(u16, bool, Vec<u8>), String> {
+    let stream = tokio::net::UnixStream::connect(API_SOCKET)
+        .await
+        .map_err(|e| format!("cannot reach {API_SOCKET}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "sprite")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let (mut buf, mut all) = (Vec::new(), Vec::new());
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Ok((status, false, all)),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    all.extend_from_slice(&d);
+                    buf.extend_from_slice(&d);
+                    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                        let l: Vec<u8> = buf.drain(..=nl).collect();
+                        line(String::from_utf8_lossy(&l[..nl]).trim());
+                    }
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        line(String::from_utf8_lossy(&buf).trim());
+    }
+    Ok((status, true, all))
+}
+
+/// Prints a checkpoint progress line; remembers the final one.
+fn progress_line(l: &str, last: &mut Option<Value>) {
+    let Ok(v) = serde_json::from_str::<Value>(l) else {
+        return;
+    };
+    match v["type"].as_str() {
+        Some("info") => println!("{}", v["data"].as_str().unwrap_or("")),
+        Some("complete") | Some("error") => *last = Some(v),
+        _ => {}
+    }
+}
+
+async fn checkpoints(a: &[&str]) -> Result<i32, String> {
+    match a {
+        ["list"] | ["ls"] => {
+            let (st, body) = request("GET", "/v1/checkpoints", None).await?;
+            check(st, &body)?;
+            let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            for c in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    c["id"].as_str().unwrap_or(""),
+                    c["create_time"].as_str().unwrap_or(""),
+                    c["comment"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        ["info", id] => {
+            let (st, body) = request("GET", &format!("/v1/checkpoints/{id}"), None).await?;
+            check(st, &body)?;
+            let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(0)
+        }
+        ["create", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let f = flags(&rest)?;
+            let body = json!({ "comment": f.get("comment") })
+                .to_string()
+                .into_bytes();
+            let mut last = None;
+            let (st, _, all) = request_lines("POST", "/v1/checkpoint", Some(body), |l| {
+                progress_line(l, &mut last)
+            })
+            .await?;
+            check(st, &all)?;
+            match last {
+                Some(v) if v["type"] == "complete" => {
+                    println!("{}", v["data"].as_str().unwrap_or("done"));
+                    Ok(0)
+                }
+                Some(v) => Err(v["error"].as_str().unwrap_or("failed").to_string()),
+                None => Err("the checkpoint stream ended early".into()),
+            }
+        }
+        ["restore", id] => {
+            let mut last = None;
+            let (st, clean, all) = request_lines(
+                "POST",
+                &format!("/v1/checkpoints/{id}/restore"),
+                None,
+                |l| progress_line(l, &mut last),
+            )
+            .await?;
+            check(st, &all)?;
+            match last {
+                Some(v) if v["type"] == "error" => {
+                    Err(v["error"].as_str().unwrap_or("failed").to_string())
+                }
+                Some(v) if clean => {
+                    println!("{}", v["data"].as_str().unwrap_or("done"));
+                    Ok(0)
+                }
+                // Restoring stops every process of this sprite, this command included, so
+                // the stream is normally cut here.
+                _ => {
+                    println!("Restoring {id}; the sprite restarts now.");
+                    Ok(0)
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            Ok(2)
+        }
+    }
 }
 
 fn flags(rest: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -201,6 +342,7 @@ async fn run(args: Vec<String>) -> Result<i32, String> {
             print_events(&body);
             Ok(0)
         }
+        ["checkpoints" | "checkpoint", rest @ ..] => checkpoints(rest).await,
         ["curl", rest @ ..] => curl(rest).await,
         _ => {
             eprintln!("{USAGE}");

@@ -299,7 +299,12 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
             Some(opts.as_str()),
         )
         .map_err(ctx("mounting overlay root"))?;
-        prepare_root(&paths.root, &cfg.agent_bin, base)?;
+        prepare_root(
+            &paths.root,
+            &cfg.agent_bin,
+            base,
+            cfg.spec.host_dir.as_deref(),
+        )?;
         Ok(())
     })();
     if let Err(e) = setup {
@@ -371,7 +376,7 @@ fn teardown(paths: &RunPaths, cgroup: &Cgroup) {
 }
 
 /// Fills the sprite's root before it starts: a minimal /dev and the agent binary.
-fn prepare_root(root: &Path, agent_bin: &Path, base: u32) -> Res<()> {
+fn prepare_root(root: &Path, agent_bin: &Path, base: u32, host_dir: Option<&Path>) -> Res<()> {
     let dev = root.join("dev");
     std::fs::create_dir_all(&dev).map_err(ctx("creating /dev"))?;
     let tmpfs_opts = format!("mode=0755,size=1m,uid={base},gid={base}");
@@ -448,6 +453,30 @@ fn prepare_root(root: &Path, agent_bin: &Path, base: u32) -> Res<()> {
             None::<&str>,
         )
         .map_err(ctx("making agent read-only"))?;
+    }
+    if let Some(dir) = host_dir {
+        let target = root.join(".sprite/host");
+        std::fs::create_dir_all(&target).map_err(ctx("creating /.sprite/host"))?;
+        mount(
+            Some(dir),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ctx("binding /.sprite/host"))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(ctx("securing /.sprite/host"))?;
     }
     Ok(())
 }

@@ -47,6 +47,7 @@ impl Env {
             memory_limit: 512 << 20,
             pids_limit: 512,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
+            host_dir: None,
         }
     }
 }

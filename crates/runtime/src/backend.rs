@@ -42,6 +42,11 @@ pub struct SpriteSpec {
     /// Environment every command in the sprite starts with (set at creation).
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Host directory shown in the sprite at `/.sprite/host`: the server's per-sprite socket
+    /// for calls from inside (checkpoints). A directory, not the socket itself, so a restarted
+    /// server's new socket is seen by a sprite that kept running.
+    #[serde(default)]
+    pub host_dir: Option<PathBuf>,
 }
 
 /// A byte stream to the agent inside a running sprite.

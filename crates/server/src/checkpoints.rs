@@ -76,6 +76,15 @@ impl Sprites {
         history: Option<&str>,
     ) -> Result<Vec<Checkpoint>, ApiError> {
         let rec = self.find(org, name).await?;
+        self.list_checkpoints_of(&rec, history).await
+    }
+
+    /// [`Sprites::list_checkpoints`] of a record.
+    pub async fn list_checkpoints_of(
+        &self,
+        rec: &SpriteRecord,
+        history: Option<&str>,
+    ) -> Result<Vec<Checkpoint>, ApiError> {
         let sid = rec.id.clone();
         let (rows, head) = self
             .store
@@ -123,12 +132,21 @@ impl Sprites {
         name: &str,
         id: &str,
     ) -> Result<Checkpoint, ApiError> {
+        let rec = self.find(org, name).await?;
+        self.get_checkpoint_of(&rec, id).await
+    }
+
+    /// [`Sprites::get_checkpoint`] of a record.
+    pub async fn get_checkpoint_of(
+        &self,
+        rec: &SpriteRecord,
+        id: &str,
+    ) -> Result<Checkpoint, ApiError> {
         if id == ck::CURRENT_ID {
-            let list = self.list_checkpoints(org, name, None).await?;
+            let list = self.list_checkpoints_of(rec, None).await?;
             return Ok(list.into_iter().next().expect("Current is always listed"));
         }
-        let rec = self.find(org, name).await?;
-        Ok(to_api(&self.checkpoint_record(&rec, id).await?))
+        Ok(to_api(&self.checkpoint_record(rec, id).await?))
     }
 
     /// Checks what can be checked before a progress stream starts (so a missing sprite is a
@@ -141,6 +159,17 @@ impl Sprites {
         tx: Progress,
     ) -> Result<(), ApiError> {
         let rec = self.find(org, name).await?;
+        self.start_checkpoint_of(rec, comment, tx);
+        Ok(())
+    }
+
+    /// [`Sprites::start_checkpoint`] of a record.
+    pub fn start_checkpoint_of(
+        self: &Arc<Self>,
+        rec: SpriteRecord,
+        comment: Option<String>,
+        tx: Progress,
+    ) {
         let svc = self.clone();
         tokio::spawn(async move {
             let line = match svc.create_checkpoint(&rec, comment, &tx).await {
@@ -153,7 +182,6 @@ impl Sprites {
             };
             let _ = tx.send(line).await;
         });
-        Ok(())
     }
 
     /// Takes a checkpoint: the disk is held still only while it is read; uploading new chunks
@@ -240,6 +268,16 @@ impl Sprites {
         tx: Progress,
     ) -> Result<(), ApiError> {
         let rec = self.find(org, name).await?;
+        self.start_restore_of(rec, id, tx).await
+    }
+
+    /// [`Sprites::start_restore`] of a record.
+    pub async fn start_restore_of(
+        self: &Arc<Self>,
+        rec: SpriteRecord,
+        id: &str,
+        tx: Progress,
+    ) -> Result<(), ApiError> {
         let ckpt = self.checkpoint_record(&rec, id).await?;
         let svc = self.clone();
         tokio::spawn(async move {

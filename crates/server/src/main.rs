@@ -8,6 +8,7 @@ mod auth;
 mod checkpoints;
 mod config;
 mod error;
+mod hostapi;
 mod http;
 mod service;
 mod store;
@@ -309,6 +310,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // are completed, and objects left by a crash mid-checkpoint go.
         svc.finish_interrupted_restores().await;
         svc.prune_checkpoints().await;
+        svc.serve_host_apis().await;
         svc.adopt_and_track().await.map_err(|e| anyhow::anyhow!(e.message))?;
         let policy = sprites_runtime::IdlePolicy {
             warm_after: a.warm_after,

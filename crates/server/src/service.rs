@@ -37,6 +37,8 @@ pub struct Sprites {
     /// Serializes checkpoint operations per sprite.
     pub(crate) checkpoint_locks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Inside-API servers, by sprite id.
+    pub(crate) host_apis: std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
 }
 
 /// Policy kinds stored per sprite.
@@ -65,6 +67,7 @@ impl Sprites {
             memory_overrides: Default::default(),
             chunks,
             checkpoint_locks: Default::default(),
+            host_apis: Default::default(),
         })
     }
 
@@ -83,6 +86,7 @@ impl Sprites {
             memory_limit,
             pids_limit: self.cfg.pids_limit,
             env: serde_json::from_str(&rec.environment).unwrap_or_default(),
+            host_dir: Some(crate::hostapi::host_dir(&self.cfg.data_dir, &rec.id)),
         }
     }
 
@@ -138,7 +142,7 @@ impl Sprites {
 
     /// Creates and boots a sprite.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         org: &Org,
         req: api::CreateSpriteRequest,
     ) -> Result<api::Sprite, ApiError> {
@@ -182,6 +186,11 @@ impl Sprites {
             .store
             .with(move |c| store::insert_sprite(c, rec))
             .await?;
+        if let Err(e) = self.serve_host_api(&rec) {
+            let id = rec.id.clone();
+            let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;
+            return Err(ApiError::internal(e));
+        }
         if let Err(e) = self.boot(&rec).await {
             // Leave nothing behind: the name stays free for a retry.
             let _ = self.runtime.destroy(&self.spec(&rec)).await;
@@ -482,6 +491,7 @@ impl Sprites {
         let rec = self.find(org, name).await?;
         self.runtime.destroy(&self.spec(&rec)).await?;
         self.delete_all_checkpoints(&rec).await?;
+        self.stop_host_api(&rec.id);
         let id = rec.id.clone();
         self.store
             .with(move |c| store::delete_sprite(c, &id))
@@ -501,6 +511,22 @@ impl Sprites {
         Ok(())
     }
 
+    /// Serves the inside API of every sprite (at startup).
+    pub async fn serve_host_apis(self: &Arc<Self>) {
+        let recs = match self.store.with(|c| store::all_sprites(c)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("listing sprites: {e}");
+                return;
+            }
+        };
+        for rec in recs {
+            if let Err(e) = self.serve_host_api(&rec) {
+                tracing::warn!(id = %rec.id, "inside API not served: {e}");
+            }
+        }
+    }
+
     /// Removes disk directories whose record is gone (a crash between the two deletions).
     pub fn collect_garbage(&self) -> Result<(), ApiError> {
         let known: std::collections::HashSet<String> = self
@@ -509,6 +535,14 @@ impl Sprites {
             .into_iter()
             .map(|r| r.id)
             .collect();
+        if let Ok(dir) = std::fs::read_dir(self.cfg.data_dir.join("host")) {
+            for e in dir.flatten() {
+                let id = format!("sprite-{}", e.file_name().to_string_lossy());
+                if !known.contains(&id) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let Ok(dir) = std::fs::read_dir(self.cfg.data_dir.join("sprites")) else {
             return Ok(());
         };

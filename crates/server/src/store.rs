@@ -352,6 +352,16 @@ pub fn sprite_by_name(c: &Connection, org_id: &str, name: &str) -> Result<Option
     .optional()?)
 }
 
+/// A sprite by id.
+pub fn sprite_by_id(c: &Connection, id: &str) -> Result<Option<SpriteRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {SPRITE_COLS} FROM sprites WHERE id = ?1"),
+        [id],
+        sprite_row,
+    )
+    .optional()?)
+}
+
 /// Every sprite of every org (startup reconciliation).
 pub fn all_sprites(c: &Connection) -> Result<Vec<SpriteRecord>> {
     let mut st = c.prepare(&format!("SELECT {SPRITE_COLS} FROM sprites"))?;

@@ -332,3 +332,68 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn from_inside_the_sprite() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("inner").await;
+    let o = api
+        .sh(
+            "inner",
+            "echo kept > ~/f && sprite-env checkpoints create --comment 'from inside' && sprite-env checkpoints list",
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout.contains("Checkpoint v0 created successfully"),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout.contains("v0\t") && o.stdout.contains("from inside"),
+        "{o:?}"
+    );
+    // The outside sees it too.
+    let (_, list) = api
+        .json(Method::GET, "/v1/sprites/inner/checkpoints", None)
+        .await;
+    assert_eq!(list[1]["comment"], "from inside", "{list}");
+
+    // The host socket behind it is for the sprite's root (the agent) only.
+    let o = api
+        .sh("inner", "id -un; ls -l /.sprite/host/; curl -s --unix-socket /.sprite/host/api.sock http://h/v1/checkpoints; echo rc=$?")
+        .await;
+    assert!(o.stdout.starts_with("sprite\n"), "{o:?}");
+    assert!(
+        o.stdout.contains("rc=7"),
+        "the sprite user cannot connect: {o:?}"
+    );
+
+    // Restore from inside: the sprite restarts (ending the command that asked), on v0's disk.
+    api.sh("inner", "echo changed > ~/f && touch ~/new").await;
+    let _ = api
+        .req(Method::POST, "/v1/sprites/inner/exec")
+        .query(&[
+            ("cmd", "sprite-env"),
+            ("cmd", "checkpoints"),
+            ("cmd", "restore"),
+            ("cmd", "v0"),
+        ])
+        .send()
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = api
+            .sh("inner", "cat ~/f; ls ~/new 2>/dev/null | wc -l")
+            .await;
+        if o.stdout == "kept\n0\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not restored: {o:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, one) = api
+        .json(Method::GET, "/v1/sprites/inner/checkpoints/Current", None)
+        .await;
+    assert_eq!(one["source_id"], "v0", "{one}");
+}

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::store::Org;
 
 /// A progress stream: one JSON line per event, flushed as it comes (exactly 200, §6.2).
-fn ndjson(rx: mpsc::Receiver<StreamEvent>) -> Response {
+pub(crate) fn ndjson(rx: mpsc::Receiver<StreamEvent>) -> Response {
     let lines = futures::stream::unfold(rx, |mut rx| async move {
         let ev = rx.recv().await?;
         let mut line = serde_json::to_vec(&ev).expect("event serializes");

@@ -2,6 +2,8 @@
 //! result to a response.
 
 mod checkpoints;
+pub(crate) use checkpoints::ndjson;
+pub(crate) use sprites::json_body;
 mod forward;
 mod sprites;
 mod url;

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::store::Org;
 
 /// Reads a JSON body with a size limit and turns every failure into a JSON error.
-pub(super) fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {

@@ -1,0 +1,58 @@
+//! Calls from inside the sprite that only the host can answer (checkpoints): `/.sprite/api.sock`
+//! requests forwarded, bodies streamed both ways, to the server's socket for this sprite at
+//! `/.sprite/host/api.sock`.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use sprites_api::ErrorCode;
+
+use crate::server::error;
+
+/// The server's socket for this sprite, as the backend shows it.
+pub const HOST_SOCKET: &str = "/.sprite/host/api.sock";
+
+/// Forwards the request unchanged (path and query included) and relays the response.
+pub async fn forward(req: Request) -> Response {
+    let stream = match tokio::net::UnixStream::connect(HOST_SOCKET).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                ErrorCode::Unavailable,
+                format!("the host API is not reachable ({HOST_SOCKET}: {e})"),
+            )
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return error(ErrorCode::Unavailable, format!("host API: {e}")),
+    };
+    tokio::spawn(conn);
+    let (parts, body) = req.into_parts();
+    let mut out = hyper::Request::builder()
+        .method(parts.method)
+        .uri(
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        )
+        .header("host", "host");
+    if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+        out = out.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    let out = match out.body(body) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    match sender.send_request(out).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, Body::new(body)).into_response()
+        }
+        Err(e) => error(ErrorCode::Unavailable, format!("host API: {e}")),
+    }
+}

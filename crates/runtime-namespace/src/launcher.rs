@@ -305,6 +305,34 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
             base,
             cfg.spec.host_dir.as_deref(),
         )?;
+        // Shared, so views mounted later from this namespace reach the sprite's (a slave).
+        let views = paths.root.join(CHECKPOINT_VIEWS);
+        std::fs::create_dir_all(&views).map_err(ctx("creating /.sprite/checkpoints"))?;
+        mount(
+            Some("tmpfs"),
+            &views,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=64k"),
+        )
+        .map_err(ctx("mounting /.sprite/checkpoints"))?;
+        mount(
+            None::<&str>,
+            &views,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(ctx("sharing /.sprite/checkpoints"))?;
+        let script = checkpoint_views_script(&paths, &cfg.spec.checkpoint_images_dir());
+        match Command::new("sh").arg("-c").arg(&script).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: checkpoint views: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: checkpoint views: {e}"),
+        }
         Ok(())
     })();
     if let Err(e) = setup {
@@ -373,6 +401,42 @@ fn teardown(paths: &RunPaths, cgroup: &Cgroup) {
     let _ = cgroup.remove();
     let _ = std::fs::remove_file(&paths.socket);
     let _ = std::fs::remove_file(&paths.pid_file);
+}
+
+/// Where the sprite sees its recent checkpoints, relative to its root.
+pub const CHECKPOINT_VIEWS: &str = ".sprite/checkpoints";
+
+/// A script, run in the launcher's mount namespace, that makes `/.sprite/checkpoints/<id>`
+/// match the images present: each view is the image's upper layer over the base image, read
+/// only; views whose image is gone are detached.
+pub fn checkpoint_views_script(paths: &RunPaths, images: &Path) -> String {
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    format!(
+        r#"
+views={views}; mnt={mnt}; images={images}; lower={lower}
+mkdir -p "$mnt"
+for d in "$views"/*; do
+    [ -d "$d" ] || continue
+    id=${{d##*/}}
+    [ -e "$images/$id.ext4" ] && continue
+    umount -l "$views/$id" 2>/dev/null; umount -l "$mnt/$id" 2>/dev/null
+    rmdir "$views/$id" "$mnt/$id" 2>/dev/null
+done
+for img in "$images"/*.ext4; do
+    [ -e "$img" ] || continue
+    id=${{img##*/}}; id=${{id%.ext4}}
+    mountpoint -q "$views/$id" && continue
+    mkdir -p "$mnt/$id" "$views/$id"
+    mountpoint -q "$mnt/$id" || mount -t ext4 -o ro,loop,noload,noatime "$img" "$mnt/$id" || continue
+    mount -t overlay overlay -o "ro,lowerdir=$mnt/$id/upper:$lower" "$views/$id" || umount -l "$mnt/$id"
+done
+exit 0
+"#,
+        views = q(&paths.root.join(CHECKPOINT_VIEWS)),
+        mnt = q(&paths.disk_mnt.with_file_name("ck")),
+        images = q(images),
+        lower = q(&paths.lower),
+    )
 }
 
 /// Fills the sprite's root before it starts: a minimal /dev and the agent binary.

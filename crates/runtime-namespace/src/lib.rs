@@ -335,6 +335,25 @@ impl Backend for NamespaceBackend {
         }
     }
 
+    async fn refresh_checkpoint_views(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        let Some(pid) = self.launcher_pid(&spec.id) else {
+            return Ok(());
+        };
+        let paths = RunPaths::new(&self.run_dir(&spec.id));
+        let script = launcher::checkpoint_views_script(&paths, &spec.checkpoint_images_dir());
+        let out = tokio::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", &script])
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(BackendError::Other(format!(
+                "updating checkpoint views: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     async fn cleanup(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
         let _ = self.cgroup(&spec.id).remove();
         if let Some(net) = &self.cfg.network {

@@ -49,6 +49,14 @@ pub struct SpriteSpec {
     pub host_dir: Option<PathBuf>,
 }
 
+impl SpriteSpec {
+    /// Directory of the checkpoint disks (`<id>.ext4`, written by the server) the sprite shows
+    /// read-only at `/.sprite/checkpoints/<id>`.
+    pub fn checkpoint_images_dir(&self) -> PathBuf {
+        self.disk.with_file_name("checkpoints")
+    }
+}
+
 /// A byte stream to the agent inside a running sprite.
 pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
@@ -138,6 +146,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Undoes [`Backend::freeze_disk`]; harmless on a disk that is not frozen.
     async fn thaw_disk(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Makes a running sprite's `/.sprite/checkpoints` match the checkpoint images beside its
+    /// disk (a booting sprite picks them up by itself).
+    async fn refresh_checkpoint_views(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -40,6 +40,9 @@ fn to_api(r: &CheckpointRecord) -> Checkpoint {
     }
 }
 
+/// Checkpoints a sprite shows at `/.sprite/checkpoints/<id>` (the newest ones).
+pub const VIEWS_KEPT: usize = 5;
+
 fn storage_err(e: sprites_storage::StorageError) -> ApiError {
     ApiError::internal(e)
 }
@@ -174,6 +177,7 @@ impl Sprites {
         tokio::spawn(async move {
             let line = match svc.create_checkpoint(&rec, comment, &tx).await {
                 Ok(id) => {
+                    svc.spawn_sync_views(&rec);
                     StreamEvent::complete(format!("Checkpoint {id} created successfully"), now())
                 }
                 Err(e) => {
@@ -383,7 +387,12 @@ impl Sprites {
     }
 
     /// Deletes a checkpoint and frees the chunks no other checkpoint uses.
-    pub async fn delete_checkpoint(&self, org: &Org, name: &str, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_checkpoint(
+        self: &Arc<Self>,
+        org: &Org,
+        name: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
         let rec = self.find(org, name).await?;
         if id == ck::CURRENT_ID {
             return Err(ApiError::new(
@@ -417,6 +426,7 @@ impl Sprites {
             .remove(&ckpt.manifest)
             .await
             .map_err(storage_err)?;
+        self.spawn_sync_views(&rec);
         Ok(())
     }
 
@@ -435,6 +445,66 @@ impl Sprites {
             self.chunks.remove(&r.manifest).await.map_err(storage_err)?;
         }
         Ok(())
+    }
+
+    /// Writes the disks of the newest checkpoints beside the sprite's disk (and removes older
+    /// ones), then has the backend show them in a running sprite. Runs in the background after
+    /// a checkpoint is made or deleted: it costs a write of each new checkpoint's data.
+    pub async fn sync_checkpoint_views(&self, rec: &SpriteRecord) -> Result<(), ApiError> {
+        let _g = self.views_lock.lock().await;
+        let sid = rec.id.clone();
+        let rows = self
+            .store
+            .with(move |c| store::checkpoints(c, &sid))
+            .await?;
+        let spec = self.spec(rec);
+        let dir = spec.checkpoint_images_dir();
+        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+        let kept: Vec<&CheckpointRecord> = rows.iter().take(VIEWS_KEPT).collect();
+        for r in &kept {
+            let img = dir.join(format!("{}.ext4", r.id));
+            if img.exists() {
+                continue;
+            }
+            let manifest = self
+                .chunks
+                .read_manifest(&r.manifest)
+                .await
+                .map_err(storage_err)?;
+            let tmp = dir.join(format!(".{}.tmp", r.id));
+            if let Err(e) = self.chunks.materialize(&manifest, &tmp).await {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(storage_err(e));
+            }
+            std::fs::rename(&tmp, &img).map_err(ApiError::internal)?;
+        }
+        for e in std::fs::read_dir(&dir)
+            .map_err(ApiError::internal)?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = kept.iter().any(|r| name == format!("{}.ext4", r.id));
+            if !keep && !name.starts_with('.') {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        if self.runtime.state(&spec).await != sprites_runtime::State::Cold {
+            self.runtime
+                .backend()
+                .refresh_checkpoint_views(&spec)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Sprites::sync_checkpoint_views`] in the background.
+    pub fn spawn_sync_views(self: &Arc<Self>, rec: &SpriteRecord) {
+        let (svc, rec) = (self.clone(), rec.clone());
+        tokio::spawn(async move {
+            if let Err(e) = svc.sync_checkpoint_views(&rec).await {
+                tracing::warn!(id = %rec.id, "checkpoint views: {}", e.message);
+            }
+        });
     }
 
     /// Drops manifests no record names and chunks no manifest names (a crash mid-checkpoint).

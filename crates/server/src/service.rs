@@ -37,8 +37,11 @@ pub struct Sprites {
     /// Serializes checkpoint operations per sprite.
     pub(crate) checkpoint_locks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes writing checkpoint views (one disk-sized write at a time).
+    pub(crate) views_lock: tokio::sync::Mutex<()>,
     /// Inside-API servers, by sprite id.
-    pub(crate) host_apis: std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    pub(crate) host_apis:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
 }
 
 /// Policy kinds stored per sprite.
@@ -68,6 +71,7 @@ impl Sprites {
             chunks,
             checkpoint_locks: Default::default(),
             host_apis: Default::default(),
+            views_lock: Default::default(),
         })
     }
 

@@ -397,3 +397,74 @@ async fn from_inside_the_sprite() {
         .await;
     assert_eq!(one["source_id"], "v0", "{one}");
 }
+
+/// Polls a shell snippet in the sprite until its output is `want`.
+async fn eventually(api: &Api, name: &str, script: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let o = api.sh(name, script).await;
+        if o.stdout == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{script}: wanted {want:?}, got {o:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn recent_checkpoints_are_mounted_read_only() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("views").await;
+    api.sh("views", "echo zero > ~/f").await;
+    stream(&api, "/v1/sprites/views/checkpoint", None).await;
+    api.sh("views", "echo one > ~/f").await;
+
+    // A running sprite sees the new checkpoint appear, with the files as they were.
+    eventually(
+        &api,
+        "views",
+        "cat /.sprite/checkpoints/v0/home/sprite/f 2>&1",
+        "zero\n",
+    )
+    .await;
+    let o = api
+        .sh(
+            "views",
+            "cat ~/f; ls /.sprite/checkpoints/v0/etc/debian_version; touch /.sprite/checkpoints/v0/home/sprite/x 2>&1 | grep -c 'Read-only'; sudo touch /.sprite/checkpoints/v0/y 2>&1 | grep -c 'Read-only'",
+        )
+        .await;
+    assert_eq!(
+        o.stdout, "one\n/.sprite/checkpoints/v0/etc/debian_version\n1\n1\n",
+        "base files show through; views are read-only: {o:?}"
+    );
+
+    // Only the newest five are kept; a booting sprite mounts them itself.
+    for i in 1..=5 {
+        api.sh("views", &format!("echo {i} > ~/f")).await;
+        stream(&api, "/v1/sprites/views/checkpoint", None).await;
+    }
+    eventually(
+        &api,
+        "views",
+        "ls /.sprite/checkpoints | tr '\\n' ' '",
+        "v1 v2 v3 v4 v5 ",
+    )
+    .await;
+    let r = api
+        .req(Method::POST, "/v1/sprites/views/restart")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let o = api
+        .sh(
+            "views",
+            "ls /.sprite/checkpoints | tr '\\n' ' '; cat /.sprite/checkpoints/v3/home/sprite/f",
+        )
+        .await;
+    assert_eq!(o.stdout, "v1 v2 v3 v4 v5 3\n", "{o:?}");
+}

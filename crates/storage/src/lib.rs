@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod disk;
+pub mod guest;
 pub mod image;
 pub mod mirror;
 

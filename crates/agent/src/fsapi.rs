@@ -1,15 +1,20 @@
-//! The filesystem API (spec §9): read, write, list/stat, delete, rename, copy, chmod, chown.
+//! The filesystem API (spec §9): read, write, list/stat, delete, rename, copy, chmod, chown,
+//! and the `watch` WebSocket (inotify); the tar endpoints live in `fstar.rs`.
 //!
 //! Every operation runs as the `sprite` user (or root with `asRoot=true`) with real permission
-//! checks: it runs on a short-lived thread that switches only its own filesystem credentials
+//! checks: it runs on a thread of its own that switches only its own filesystem credentials
 //! (`setfsuid`/`setfsgid`/`setgroups` as raw per-thread syscalls), so other threads of the agent
 //! keep theirs. Files are opened under those credentials and then streamed, never buffered whole.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::io::Seek;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,18 +35,44 @@ pub fn router() -> Router {
         .route("/fs/copy", post(copy))
         .route("/fs/chmod", post(chmod))
         .route("/fs/chown", post(chown))
+        .route("/fs/watch", get(watch))
+        .route(
+            "/fs/tar",
+            get(crate::fstar::download).put(crate::fstar::upload),
+        )
 }
 
 /// An error in the §9 shape.
-struct FsError {
-    code: &'static str,
-    message: String,
-    path: String,
+pub(crate) struct FsError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) path: String,
 }
 
 impl FsError {
-    fn io(e: &std::io::Error, path: &Path) -> Self {
-        let code = match e.raw_os_error() {
+    /// Maps an I/O error to its errno code. Wrapped errors (the tar crate wraps the OS error
+    /// in its own) are searched for the OS error, and their messages are kept.
+    pub(crate) fn io(e: &std::io::Error, path: &Path) -> Self {
+        let mut errno = e.raw_os_error();
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                errno = errno.or(io.raw_os_error());
+            }
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        let errno = errno.or(match e.kind() {
+            std::io::ErrorKind::NotFound => Some(libc::ENOENT),
+            std::io::ErrorKind::PermissionDenied => Some(libc::EACCES),
+            std::io::ErrorKind::AlreadyExists => Some(libc::EEXIST),
+            _ => None,
+        });
+        let code = match errno {
             Some(libc::ENOENT) => "ENOENT",
             Some(libc::EEXIST) => "EEXIST",
             Some(libc::ENOTDIR) => "ENOTDIR",
@@ -54,12 +85,12 @@ impl FsError {
         };
         FsError {
             code,
-            message: e.to_string(),
+            message,
             path: path.display().to_string(),
         }
     }
 
-    fn invalid(message: impl Into<String>, path: &str) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>, path: &str) -> Self {
         FsError {
             code: "EINVAL",
             message: message.into(),
@@ -85,7 +116,7 @@ impl IntoResponse for FsError {
     }
 }
 
-type FsResult<T> = Result<T, FsError>;
+pub(crate) type FsResult<T> = Result<T, FsError>;
 
 /// Supplementary groups of the sprite user (read before switching credentials).
 fn sprite_groups() -> Vec<libc::gid_t> {
@@ -103,10 +134,10 @@ fn sprite_groups() -> Vec<libc::gid_t> {
 }
 
 /// Runs `f` on a fresh thread whose filesystem credentials are the sprite user's (unless
-/// `as_root`). The thread ends with `f`, so nothing else ever runs with them.
-async fn as_user<T: Send + 'static>(as_root: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
+/// `as_root`). The thread ends with `f`, so nothing else ever runs with them; `f` may run as
+/// long as it likes (the watcher and the tar streams do).
+pub(crate) fn spawn_as_user(as_root: bool, f: impl FnOnce() + Send + 'static) {
     let groups = sprite_groups();
-    let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         if !as_root {
             // SAFETY: raw per-thread credential syscalls with valid arguments; unlike the libc
@@ -117,21 +148,32 @@ async fn as_user<T: Send + 'static>(as_root: bool, f: impl FnOnce() -> T + Send 
                 libc::syscall(libc::SYS_setfsuid, SPRITE_UID);
             }
         }
+        f()
+    });
+}
+
+/// [`spawn_as_user`], awaiting `f`'s result.
+pub(crate) async fn as_user<T: Send + 'static>(
+    as_root: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawn_as_user(as_root, move || {
         let _ = tx.send(f());
     });
     rx.await.expect("filesystem worker thread")
 }
 
-fn q<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+pub(crate) fn q<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str())
 }
 
-fn flag(v: Option<&str>) -> bool {
+pub(crate) fn flag(v: Option<&str>) -> bool {
     matches!(v, Some("true" | "1" | ""))
 }
 
 /// `path` against `workingDir` (default `/`).
-fn resolve(path: &str, working_dir: Option<&str>) -> FsResult<PathBuf> {
+pub(crate) fn resolve(path: &str, working_dir: Option<&str>) -> FsResult<PathBuf> {
     if path.is_empty() || path.contains('\0') || working_dir.is_some_and(|w| w.contains('\0')) {
         return Err(FsError::invalid(
             "path must be non-empty and contain no NUL byte",
@@ -249,6 +291,43 @@ async fn read(Query(qs): Query<Vec<(String, String)>>) -> Response {
     run.await.unwrap_or_else(|e| e.into_response())
 }
 
+/// How much of an upload is still read after it failed (see [`drain`]).
+const DRAIN_LIMIT: u64 = 256 << 20;
+
+/// Reads what is left of a failed upload (up to [`DRAIN_LIMIT`]) before the error is answered:
+/// spritesd's forwarder, still sending the body, reports a broken body instead of relaying
+/// an answer that comes before the body was read.
+async fn drain(body: Body) {
+    let mut body = body.into_data_stream();
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len() as u64;
+        if read > DRAIN_LIMIT {
+            return;
+        }
+    }
+}
+
+/// [`drain`] for a body already turned into a blocking reader.
+pub(crate) fn drain_sync<R: std::io::Read>(reader: &mut R) {
+    let _ = std::io::copy(
+        &mut std::io::Read::take(reader, DRAIN_LIMIT),
+        &mut std::io::sink(),
+    );
+}
+
+/// Marks the temporary file of a write (`.NAME.sprite-write-PID`), which the watcher hides.
+const WRITE_TEMP_MARK: &str = ".sprite-write-";
+
+/// Whether `name` is the temporary file of a write in progress.
+fn is_write_temp(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.')
+        && name
+            .rsplit_once(WRITE_TEMP_MARK)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `PUT /fs/write?path&workingDir&mode&mkdirParents|mkdir&asRoot`, body = the bytes.
 async fn write(Query(qs): Query<Vec<(String, String)>>, req: Request) -> Response {
     let run = async {
@@ -264,14 +343,14 @@ async fn write(Query(qs): Query<Vec<(String, String)>>, req: Request) -> Respons
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let tmp = dir.join(format!(
-            ".{}.sprite-write-{}",
+            ".{}{WRITE_TEMP_MARK}{}",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             std::process::id()
         ));
         let (d, t) = (dir.clone(), tmp.clone());
-        let file = as_user(as_root, move || -> FsResult<std::fs::File> {
+        let opened = as_user(as_root, move || -> FsResult<std::fs::File> {
             if mkdirs {
                 std::fs::create_dir_all(&d).map_err(|e| FsError::io(&e, &d))?;
             }
@@ -283,7 +362,14 @@ async fn write(Query(qs): Query<Vec<(String, String)>>, req: Request) -> Respons
                 .open(&t)
                 .map_err(|e| FsError::io(&e, &t))
         })
-        .await?;
+        .await;
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                drain(req.into_body()).await;
+                return Err(e);
+            }
+        };
         // Stream the body into the temporary file; readers never see a half-written file.
         let mut file = tokio::fs::File::from_std(file);
         let mut body = req.into_body().into_data_stream();
@@ -597,4 +683,401 @@ async fn chown(body: Bytes) -> Response {
         Ok::<_, FsError>(Json(json!({ "affected": affected, "count": count })).into_response())
     };
     run.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// The first frame of a `/fs/watch` client.
+#[derive(serde::Deserialize)]
+struct Subscribe {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    recursive: bool,
+    #[serde(rename = "workingDir")]
+    working_dir: Option<String>,
+}
+
+fn error_frame(message: impl Into<String>, path: Option<&Path>) -> Value {
+    let mut v = json!({ "type": "error", "message": message.into() });
+    if let Some(p) = path {
+        v["path"] = json!(p.display().to_string());
+    }
+    v
+}
+
+/// `GET /fs/watch` (WebSocket): the client subscribes with its first text frame, then gets
+/// one `event` frame per change until it closes the socket.
+async fn watch(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(watch_client)
+}
+
+async fn send_json(socket: &mut WebSocket, v: &Value) -> bool {
+    socket
+        .send(Message::Text(v.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn watch_client(mut socket: WebSocket) {
+    let first = loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str::<Subscribe>(&t),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => continue,
+        }
+    };
+    let sub = match first {
+        Ok(s) if s.kind == "subscribe" && !s.paths.is_empty() => s,
+        Ok(_) => {
+            let msg = "the first frame must be {\"type\":\"subscribe\",\"paths\":[...]}";
+            send_json(&mut socket, &error_frame(msg, None)).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        Err(e) => {
+            let msg = format!("invalid subscribe frame: {e}");
+            send_json(&mut socket, &error_frame(msg, None)).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let mut roots = Vec::new();
+    for p in &sub.paths {
+        match resolve(p, sub.working_dir.as_deref()) {
+            Ok(path) => roots.push(path),
+            Err(e) => {
+                if !send_json(&mut socket, &error_frame(e.message, None)).await {
+                    return;
+                }
+            }
+        }
+    }
+    let (stop_rx, stop_tx) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            send_json(&mut socket, &error_frame(format!("watch: {e}"), None)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(256);
+    let recursive = sub.recursive;
+    // Watches are added as the sprite user, so inotify's own read-permission check applies.
+    spawn_as_user(false, move || Watcher::run(roots, recursive, stop_rx, tx));
+    loop {
+        tokio::select! {
+            v = rx.recv() => match v {
+                Some(v) => if !send_json(&mut socket, &v).await { break },
+                // Nothing could be watched: the error frames went out, the socket ends.
+                None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+            m = socket.recv() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // Closing our end of the pipe wakes the watcher thread, which then closes its inotify fd.
+    drop(stop_tx);
+}
+
+/// What one inotify watch stands for.
+struct Watched {
+    dir: PathBuf,
+    /// For a watched file: the names in `dir` that were asked for (files are watched through
+    /// their directory so that replacing them, as `/fs/write` does, is seen). `None`: all.
+    only: Option<BTreeSet<OsString>>,
+    /// A subscribed path itself (its own removal is reported).
+    root: bool,
+}
+
+/// One subscription's inotify instance, on its own thread under the sprite user's credentials.
+struct Watcher {
+    ino: nix::sys::inotify::Inotify,
+    watches: HashMap<nix::sys::inotify::WatchDescriptor, Watched>,
+    recursive: bool,
+    tx: tokio::sync::mpsc::Sender<Value>,
+    /// Cookies of renames away from a write's temporary file: their arrival is the write.
+    temp_moves: HashSet<u32>,
+}
+
+fn watch_mask() -> nix::sys::inotify::AddWatchFlags {
+    use nix::sys::inotify::AddWatchFlags as F;
+    F::IN_CREATE
+        | F::IN_MODIFY
+        | F::IN_ATTRIB
+        | F::IN_DELETE
+        | F::IN_DELETE_SELF
+        | F::IN_MOVED_FROM
+        | F::IN_MOVED_TO
+        | F::IN_MOVE_SELF
+}
+
+impl Watcher {
+    fn run(
+        roots: Vec<PathBuf>,
+        recursive: bool,
+        stop: OwnedFd,
+        tx: tokio::sync::mpsc::Sender<Value>,
+    ) {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = tx.blocking_send(error_frame(format!("inotify: {e}"), None));
+                return;
+            }
+        };
+        let mut w = Watcher {
+            ino,
+            watches: HashMap::new(),
+            recursive,
+            tx,
+            temp_moves: HashSet::new(),
+        };
+        let mut subscribed = Vec::new();
+        for root in roots {
+            match w.add_root(&root) {
+                Ok(()) => subscribed.push(root.display().to_string()),
+                Err(e) => {
+                    let frame = error_frame(format!("{}: {e}", root.display()), Some(&root));
+                    if w.tx.blocking_send(frame).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if subscribed.is_empty() {
+            return;
+        }
+        let frame = json!({ "type": "subscribed", "paths": subscribed });
+        if w.tx.blocking_send(frame).is_err() {
+            return;
+        }
+        w.serve(stop);
+    }
+
+    /// Watches a subscribed path: a directory (and with `recursive` all below it), or a file.
+    fn add_root(&mut self, root: &Path) -> std::io::Result<()> {
+        let meta = std::fs::metadata(root)?;
+        if meta.is_dir() {
+            self.add_dir(root, true)?;
+            if self.recursive {
+                self.add_below(root, false);
+            }
+            return Ok(());
+        }
+        // Readable to the sprite user, like any watched path.
+        std::fs::File::open(root)?;
+        let (Some(dir), Some(name)) = (root.parent(), root.file_name()) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let wd = self
+            .ino
+            .add_watch(dir, watch_mask())
+            .map_err(std::io::Error::from)?;
+        let w = self.watches.entry(wd).or_insert_with(|| Watched {
+            dir: dir.to_path_buf(),
+            only: Some(BTreeSet::new()),
+            root: false,
+        });
+        if let Some(only) = &mut w.only {
+            only.insert(name.to_os_string());
+        }
+        Ok(())
+    }
+
+    fn add_dir(&mut self, dir: &Path, root: bool) -> std::io::Result<()> {
+        let wd = self
+            .ino
+            .add_watch(
+                dir,
+                watch_mask() | nix::sys::inotify::AddWatchFlags::IN_ONLYDIR,
+            )
+            .map_err(std::io::Error::from)?;
+        let w = self.watches.entry(wd).or_insert_with(|| Watched {
+            dir: dir.to_path_buf(),
+            only: None,
+            root,
+        });
+        w.only = None;
+        w.root |= root;
+        Ok(())
+    }
+
+    /// Watches every directory below `dir` (not following symlinks). With `announce`, what is
+    /// found is reported as created: it appeared before its directory's watch was in place.
+    fn add_below(&mut self, dir: &Path, announce: bool) -> bool {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return true;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if announce && !self.emit(&path, "create", is_dir) {
+                return false;
+            }
+            // Unreadable subdirectories are skipped, like `find` would.
+            if is_dir && self.add_dir(&path, false).is_ok() && !self.add_below(&path, announce) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends one event frame; false once the client is gone.
+    fn emit(&self, path: &Path, event: &str, is_dir: bool) -> bool {
+        let meta = std::fs::symlink_metadata(path).ok();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let frame = json!({
+            "type": "event",
+            "path": path.display().to_string(),
+            "event": event,
+            "timestamp": sprites_api::timefmt::format_millis(now),
+            "size": meta.as_ref().map(|m| m.len()).unwrap_or(0),
+            "isDir": is_dir || meta.is_some_and(|m| m.is_dir()),
+        });
+        self.tx.blocking_send(frame).is_ok()
+    }
+
+    /// Reads events until `stop` hangs up (the socket closed) or the client is gone.
+    fn serve(mut self, stop: OwnedFd) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let (stopped, readable) = {
+                let mut fds = [
+                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.ino.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if stopped {
+                return;
+            }
+            if !readable {
+                continue;
+            }
+            let events = match self.ino.read_events() {
+                Ok(ev) => ev,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            if !self.handle(events) {
+                return;
+            }
+        }
+    }
+
+    /// Turns one batch of inotify events into frames; false once the client is gone.
+    fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> bool {
+        use nix::sys::inotify::AddWatchFlags as F;
+        // A large write is many IN_MODIFYs in a row: one frame per batch is enough.
+        let mut last_write: Option<PathBuf> = None;
+        for ev in events {
+            if ev.mask.contains(F::IN_Q_OVERFLOW) {
+                let msg = "too many changes at once: some events were lost";
+                if self.tx.blocking_send(error_frame(msg, None)).is_err() {
+                    return false;
+                }
+                continue;
+            }
+            if ev.mask.contains(F::IN_IGNORED) {
+                self.watches.remove(&ev.wd);
+                continue;
+            }
+            let Some(w) = self.watches.get(&ev.wd) else {
+                continue;
+            };
+            let is_dir = ev.mask.contains(F::IN_ISDIR);
+            let root = w.root;
+            let path = match &ev.name {
+                Some(name) => {
+                    // Before the name filter: a watched file's temp file is not one of the
+                    // watched names, but its rename is what completes a write of one.
+                    if is_write_temp(name) {
+                        if ev.mask.contains(F::IN_MOVED_FROM) {
+                            if self.temp_moves.len() > 64 {
+                                self.temp_moves.clear();
+                            }
+                            self.temp_moves.insert(ev.cookie);
+                        }
+                        continue;
+                    }
+                    if w.only.as_ref().is_some_and(|only| !only.contains(name)) {
+                        continue;
+                    }
+                    w.dir.join(name)
+                }
+                None => w.dir.clone(),
+            };
+            if ev.mask.contains(F::IN_MODIFY) && last_write.as_ref() == Some(&path) {
+                continue;
+            }
+            let sent = if ev.mask.contains(F::IN_CREATE) {
+                let ok = self.emit(&path, "create", is_dir);
+                if ok && is_dir && self.recursive && self.add_dir(&path, false).is_ok() {
+                    // Whatever was made inside before the watch existed is reported now.
+                    self.add_below(&path, true)
+                } else {
+                    ok
+                }
+            } else if ev.mask.contains(F::IN_MOVED_TO) {
+                // The rename that completes a `/fs/write`: the target was created and written.
+                if self.temp_moves.remove(&ev.cookie) {
+                    self.emit(&path, "create", false) && self.emit(&path, "write", false)
+                } else {
+                    if is_dir && self.recursive && self.add_dir(&path, false).is_ok() {
+                        self.add_below(&path, false);
+                    }
+                    self.emit(&path, "create", is_dir)
+                }
+            } else if ev.mask.contains(F::IN_MODIFY) {
+                last_write = Some(path.clone());
+                self.emit(&path, "write", is_dir)
+            } else if ev.mask.contains(F::IN_ATTRIB) {
+                self.emit(&path, "chmod", is_dir)
+            } else if ev.mask.contains(F::IN_DELETE) {
+                self.emit(&path, "remove", is_dir)
+            } else if ev.mask.contains(F::IN_MOVED_FROM) {
+                self.emit(&path, "rename", is_dir)
+            } else if ev.mask.contains(F::IN_DELETE_SELF) {
+                // Directories below a root are reported by their parent's watch already.
+                !root || self.emit(&path, "remove", true)
+            } else if ev.mask.contains(F::IN_MOVE_SELF) {
+                !root || self.emit(&path, "rename", true)
+            } else {
+                true
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_write_temp;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn write_temp_names() {
+        assert!(is_write_temp(OsStr::new(".a.txt.sprite-write-42")));
+        assert!(!is_write_temp(OsStr::new("a.txt.sprite-write-42")));
+        assert!(!is_write_temp(OsStr::new(".a.txt.sprite-write-")));
+        assert!(!is_write_temp(OsStr::new(".sprite-write-notes")));
+    }
 }

@@ -10,6 +10,7 @@
 
 mod exec;
 mod fsapi;
+mod fstar;
 mod hostcall;
 mod init;
 mod ports;

@@ -118,6 +118,14 @@ pub enum Cmd {
         /// Checkpoint id, such as v1.
         id: String,
     },
+    /// Copy files or directories to or from the sprite; the sprite's side starts with ':'
+    /// (sprite cp ./src :/home/sprite/src, sprite cp :/etc/hostname ./h).
+    Cp {
+        /// Source: a local path, or :PATH in the sprite.
+        src: String,
+        /// Destination: a local path, or :PATH in the sprite.
+        dest: String,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).

@@ -352,3 +352,182 @@ fn checkpoint_commands() {
     let err = fails(&s, &["restore", "-s", "ck", "v42"]);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// (relative path, kind, mode, contents or link target) of everything under `root`, sorted.
+fn tree(root: &std::path::Path) -> Vec<(String, char, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.push((rel, 'l', 0, target.into_os_string().into_encoded_bytes()));
+            } else if m.is_dir() {
+                out.push((rel, 'd', mode, Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((rel, 'f', mode, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cp_and_exec_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "cpbox", "--skip-console"]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::create_dir_all(src.join("deep/er")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::write(src.join("a.txt"), "alpha").unwrap();
+    std::fs::write(src.join("bin/run.sh"), "#!/bin/sh\necho ran \"$1\"\n").unwrap();
+    std::fs::set_permissions(
+        src.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(src.join("deep/er/blob"), &blob).unwrap();
+    std::fs::set_permissions(
+        src.join("deep/er/blob"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../a.txt", src.join("bin/link")).unwrap();
+    let src_s = src.to_str().unwrap();
+
+    // A tree up, checked in the sprite, and back down byte for byte.
+    ok(&s, &["cp", "-s", "cpbox", src_s, ":/home/sprite/src"]);
+    let o = ok(
+        &s,
+        &[
+            "exec", "-s", "cpbox", "--", "sh", "-c",
+            "cat src/a.txt; stat -c ' %a %U' src/bin/run.sh; readlink src/bin/link; src/bin/run.sh x",
+        ],
+    );
+    assert_eq!(o, "alpha 755 sprite\n../a.txt\nran x\n");
+    let back = local.path().join("back");
+    ok(
+        &s,
+        &[
+            "cp",
+            "-s",
+            "cpbox",
+            ":/home/sprite/src",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(tree(&back), tree(&src), "the tree came back identical");
+    // Into an existing directory, under the source's name (local and remote alike).
+    ok(&s, &["cp", "-s", "cpbox", src_s, ":/tmp"]);
+    ok(
+        &s,
+        &["cp", "-s", "cpbox", ":/tmp/src", back.to_str().unwrap()],
+    );
+    assert_eq!(tree(&back.join("src")), tree(&src));
+
+    // Single files both ways, with relative remote paths from the sprite user's home.
+    ok(
+        &s,
+        &[
+            "cp",
+            "-s",
+            "cpbox",
+            src.join("deep/er/blob").to_str().unwrap(),
+            ":b.bin",
+        ],
+    );
+    let o = ok(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "cpbox",
+            "--",
+            "stat",
+            "-c",
+            "%s %a",
+            "/home/sprite/b.bin",
+        ],
+    );
+    assert_eq!(o, "300000 600\n");
+    let h = local.path().join("h");
+    ok(
+        &s,
+        &["cp", "-s", "cpbox", ":/etc/hostname", h.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&h).unwrap(),
+        ok(&s, &["exec", "-s", "cpbox", "--", "cat", "/etc/hostname"])
+    );
+    ok(
+        &s,
+        &[
+            "cp",
+            "-s",
+            "cpbox",
+            ":b.bin",
+            local.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(local.path().join("b.bin")).unwrap(), blob);
+
+    let err = fails(&s, &["cp", "-s", "cpbox", src_s, "/tmp/x"]);
+    assert!(err.contains("neither path"), "{err}");
+    let err = fails(&s, &["cp", "-s", "cpbox", ":/nope", "/tmp/x"]);
+    assert!(err.contains("/nope: no such file"), "{err}");
+    let err = fails(&s, &["cp", "-s", "cpbox", src_s, ":/etc/src"]);
+    assert!(err.contains("Permission denied"), "{err}");
+
+    // exec --file uploads first; relative targets land in --dir.
+    let o = ok(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "cpbox",
+            "--dir",
+            "/tmp",
+            "--file",
+            &format!("{}:/tmp/up/run.sh", src.join("bin/run.sh").display()),
+            "--file",
+            &format!("{}:notes.txt", src.join("a.txt").display()),
+            "--",
+            "sh",
+            "-c",
+            "/tmp/up/run.sh y && cat notes.txt",
+        ],
+    );
+    assert_eq!(o, "ran y\nalpha");
+    let err = fails(
+        &s,
+        &["exec", "-s", "cpbox", "--file", "nocolon", "--", "true"],
+    );
+    assert!(err.contains("LOCAL:REMOTE"), "{err}");
+    let err = fails(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "cpbox",
+            "--file",
+            "/no/such:/tmp/x",
+            "--",
+            "true",
+        ],
+    );
+    assert!(err.contains("cannot read /no/such"), "{err}");
+}

@@ -17,11 +17,13 @@ mod client;
 mod error;
 mod exec;
 mod frames;
+mod fs;
 mod proxy;
 
 pub use checkpoint::Progress;
 pub use client::{Client, ListOptions, SpriteHandle};
 pub use error::{Error, Result};
 pub use exec::{Child, ChildOutput, ChildStdin, Command, KillEvent, Output, SessionInfo};
+pub use fs::{ByteStream, FileInfo, TarSummary, SPRITE_HOME};
 pub use proxy::{PortMapping, ProxyManager, ProxySession, ProxyStream};
 pub use sprites_api as api;

@@ -40,3 +40,52 @@ test('write, read, stat, append, rename, copy, chmod, rm', async () => {
   await fs.rm('never-was', { force: true });
   await assert.rejects(fs.readFile('/etc/shadow', 'utf8'));
 });
+
+test('watch: subscribe, events for writes and new directories, errors', async () => {
+  await fs.mkdir('watched', { recursive: true });
+  const watcher = await fs.watch('watched', { recursive: true });
+  try {
+    const first = await watcher.next();
+    assert.deepEqual(first, { type: 'subscribed', paths: ['/home/sprite/watched'] });
+
+    // Reads events until one matches; returns everything seen on the way.
+    const until = async (pred) => {
+      const seen = [];
+      for (;;) {
+        const ev = await watcher.next();
+        assert.ok(ev, `watcher ended; saw ${JSON.stringify(seen)}`);
+        seen.push(ev);
+        if (pred(ev)) return seen;
+      }
+    };
+    await fs.writeFile('watched/a.txt', 'hello');
+    let seen = await until((e) => e.path === '/home/sprite/watched/a.txt' && e.event === 'write');
+    assert.ok(seen.some((e) => e.event === 'create' && e.path === '/home/sprite/watched/a.txt'));
+    assert.ok(seen.every((e) => e.type === 'event' && e.path.endsWith('/a.txt')), JSON.stringify(seen));
+    const last = seen.at(-1);
+    assert.equal(last.size, 5);
+    assert.equal(last.isDir, false);
+    assert.ok(!Number.isNaN(Date.parse(last.timestamp)));
+
+    await fs.mkdir('watched/sub/inner', { recursive: true });
+    seen = await until((e) => e.path === '/home/sprite/watched/sub/inner' && e.event === 'create');
+    assert.ok(seen.some((e) => e.path === '/home/sprite/watched/sub' && e.isDir));
+    await fs.writeFile('watched/sub/inner/b.txt', 'deep');
+    await until((e) => e.path === '/home/sprite/watched/sub/inner/b.txt' && e.event === 'write');
+    await fs.rm('watched/a.txt');
+    await until((e) => e.path === '/home/sprite/watched/a.txt' && e.event === 'remove');
+  } finally {
+    watcher.close();
+  }
+  assert.equal(watcher.isClosed(), true);
+
+  const denied = await sprite.filesystem('/').watch('/root');
+  try {
+    const ev = await denied.next();
+    assert.equal(ev.type, 'error');
+    assert.match(ev.message, /\/root: Permission denied/);
+    assert.equal(await denied.next(), null, 'nothing to watch: the server closes the socket');
+  } finally {
+    denied.close();
+  }
+});

@@ -26,8 +26,8 @@ pub struct ExecArgs {
     /// Use one HTTP POST instead of a WebSocket (non-TTY only).
     #[arg(long)]
     http_post: bool,
-    /// Upload a file before running, src:dest (repeatable).
-    #[arg(long)]
+    /// Upload file before exec, LOCAL:REMOTE (repeatable).
+    #[arg(long, value_name = "LOCAL:REMOTE")]
     file: Vec<String>,
     /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -53,10 +53,8 @@ pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>> {
 
 /// `sprite exec`.
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
-    if !a.file.is_empty() {
-        bail!("--file needs the filesystem API, which this server does not offer yet");
-    }
     let sprite = ctx.sprite()?;
+    crate::commands::cp::upload_files(&sprite, &a.file, a.dir.as_deref()).await?;
     let mut cmd = sprite.command(&a.command[0], a.command[1..].iter().cloned());
     for (k, v) in parse_env(&a.env)? {
         cmd = cmd.env(k, v);

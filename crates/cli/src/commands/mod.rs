@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod checkpoint;
+pub mod cp;
 pub mod exec;
 pub mod proxy;
 pub mod sprites;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Cmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
                 Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
+                Cmd::Cp { src, dest } => cp::cp(&ctx, &src, &dest).await,
                 _ => unreachable!("handled above"),
             }
         }

@@ -58,6 +58,23 @@ pub const FRAMING_HEADER: &str = "sprite-exec-framing";
 /// Value of [`FRAMING_HEADER`] selecting length-prefixed frames.
 pub const FRAMING_LENGTH_PREFIXED: &str = "length-prefixed";
 
+/// `POST` with `?freeze=1|0`: freezes (or thaws) the filesystem of the sprite's disk from
+/// inside, for backends whose host cannot (a VM's disk is mounted by the guest kernel).
+pub const FSFREEZE_PATH: &str = "/agent/v1/fsfreeze";
+
+/// Where a VM guest keeps the mount of its own disk (the overlay's upper layer lives on it).
+pub const GUEST_DISK_MOUNT: &str = "/.sprite/disk";
+
+/// Environment variable telling the agent to listen on this vsock port (VM guests) instead of
+/// the inherited [`LISTEN_FD`].
+pub const VSOCK_PORT_ENV_VAR: &str = "SPRITE_AGENT_VSOCK_PORT";
+
+/// Vsock port of the agent in VM guests.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Set in VM guests: PID 1 powers the machine off when the agent ends.
+pub const VM_ENV_VAR: &str = "SPRITE_VM";
+
 /// Answer of [`INFO_PATH`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentInfo {

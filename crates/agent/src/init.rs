@@ -62,5 +62,9 @@ fn end_sprite(code: i32) -> ! {
     eprintln!("init: agent exited with {code}; stopping the sprite");
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
+    if std::env::var_os(sprites_agent_protocol::VM_ENV_VAR).is_some() {
+        // PID 1 of a VM: power off (exiting would panic the guest kernel).
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    }
     std::process::exit(code)
 }

@@ -39,12 +39,62 @@ pub fn main() {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
+/// Where the host reaches the agent: the Unix socket a launcher hands over, or (in a VM
+/// guest) a vsock port.
+enum HostListener {
+    Unix(tokio::net::UnixListener),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+/// A connection from the host on either kind of listener.
+type HostIo = Box<dyn HostStream>;
+trait HostStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> HostStream for T {}
+
+impl axum::serve::Listener for HostListener {
+    type Io = HostIo;
+    type Addr = ();
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let r: std::io::Result<HostIo> = match self {
+                HostListener::Unix(l) => tokio::net::UnixListener::accept(l)
+                    .await
+                    .map(|(s, _)| Box::new(s) as HostIo),
+                HostListener::Vsock(l) => l.accept().await.map(|(s, _)| Box::new(s) as HostIo),
+            };
+            match r {
+                Ok(io) => return (io, ()),
+                Err(e) => {
+                    tracing::warn!("accepting a host connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(())
+    }
+}
+
+fn host_listener() -> anyhow::Result<HostListener> {
+    if let Ok(port) = std::env::var(sprites_agent_protocol::VSOCK_PORT_ENV_VAR) {
+        let port: u32 = port.parse()?;
+        let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+        return Ok(HostListener::Vsock(tokio_vsock::VsockListener::bind(addr)?));
+    }
     // SAFETY: the launcher leaves a bound, listening Unix socket on LISTEN_FD and nothing
     // else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
     std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    Ok(HostListener::Unix(tokio::net::UnixListener::from_std(
+        std_listener,
+    )?))
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let listener = host_listener()?;
     ensure_hosts_entry();
     // `sprite-env` on the default PATH of login shells too.
     let _ = std::os::unix::fs::symlink("/.sprite/bin/sprite-env", "/usr/local/bin/sprite-env");
@@ -184,6 +234,7 @@ pub fn router(state: AgentState) -> Router {
     Router::new()
         .route(INFO_PATH, get(info))
         .route(SHUTDOWN_PATH, post(shutdown))
+        .route(sprites_agent_protocol::FSFREEZE_PATH, post(fsfreeze))
         .route(ACTIVITY_PATH, get(activity))
         .route(
             &format!("{}/{{kind}}", sprites_agent_protocol::POLICY_PATH),
@@ -238,6 +289,44 @@ pub struct AgentState {
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct FreezeQuery {
+    freeze: u8,
+}
+
+nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
+nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
+
+/// Freezes or thaws the filesystem of the sprite's disk as the guest mounted it (VMs only:
+/// elsewhere the host freezes the disk itself).
+async fn fsfreeze(axum::extract::Query(q): axum::extract::Query<FreezeQuery>) -> Response {
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(sprites_agent_protocol::GUEST_DISK_MOUNT)?;
+        let mut arg: libc::c_int = 0;
+        // SAFETY: both ioctls take (and ignore) a pointer to an int that outlives the call.
+        let r = unsafe {
+            if q.freeze == 1 {
+                fifreeze(dir.as_raw_fd(), &mut arg)
+            } else {
+                fithaw(dir.as_raw_fd(), &mut arg)
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            // Thawing a filesystem that is not frozen is not an error.
+            Err(nix::errno::Errno::EINVAL) if q.freeze == 0 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => error(ErrorCode::Internal, format!("fsfreeze: {e}")),
+        Err(e) => error(ErrorCode::Internal, e.to_string()),
+    }
 }
 
 async fn info() -> Json<AgentInfo> {

@@ -44,6 +44,8 @@ pub struct NamespaceConfig {
 /// The namespace backend.
 pub struct NamespaceBackend {
     cfg: NamespaceConfig,
+    /// Sprites this backend paused only to freeze their disk (thawing resumes them).
+    paused_for_freeze: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +55,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 impl NamespaceBackend {
     /// A backend with `cfg`.
     pub fn new(cfg: NamespaceConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            paused_for_freeze: Default::default(),
+        }
     }
 
     /// Host-side runtime directory of a sprite. Kept short: Unix socket paths are limited.
@@ -318,21 +323,47 @@ impl Backend for NamespaceBackend {
     }
 
     async fn freeze_disk(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
-        let fd = self.open_disk_mount(&spec.id)?;
-        tokio::task::spawn_blocking(move || fs_freeze(&fd, true))
-            .await
-            .map_err(|e| BackendError::Other(e.to_string()))??;
+        // Processes first (cgroup v1 cannot freeze a task blocked on a frozen filesystem),
+        // then the filesystem.
+        let cg = self.cgroup(&spec.id);
+        if !cg.is_frozen() {
+            cg.set_frozen(true)?;
+            self.paused_for_freeze
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.id.clone());
+        }
+        let frozen = match self.open_disk_mount(&spec.id) {
+            Ok(fd) => tokio::task::spawn_blocking(move || fs_freeze(&fd, true))
+                .await
+                .map_err(|e| BackendError::Other(e.to_string()))
+                .and_then(|r| r.map_err(BackendError::from)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = frozen {
+            let _ = self.thaw_disk(spec).await;
+            return Err(e);
+        }
         Ok(())
     }
 
     async fn thaw_disk(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
-        let Ok(fd) = self.open_disk_mount(&spec.id) else {
-            return Ok(()); // not running: nothing is frozen
+        let r = match self.open_disk_mount(&spec.id) {
+            Err(_) => Ok(()), // not running: nothing is frozen
+            Ok(fd) => match fs_freeze(&fd, false) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()), // was not frozen
+                r => r.map_err(BackendError::from),
+            },
         };
-        match fs_freeze(&fd, false) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()), // was not frozen
-            r => Ok(r?),
+        let paused_here = self
+            .paused_for_freeze
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&spec.id);
+        if paused_here {
+            self.cgroup(&spec.id).set_frozen(false)?;
         }
+        r
     }
 
     async fn refresh_checkpoint_views(&self, spec: &SpriteSpec) -> Result<(), BackendError> {

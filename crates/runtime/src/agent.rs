@@ -99,6 +99,24 @@ pub async fn put_policy(
     }
 }
 
+/// Asks the agent to freeze (`true`) or thaw the filesystem of the sprite's disk.
+pub async fn fsfreeze(stream: AgentStream, freeze: bool) -> Result<(), BackendError> {
+    let path = format!(
+        "{}?freeze={}",
+        sprites_agent_protocol::FSFREEZE_PATH,
+        u8::from(freeze)
+    );
+    let (status, body) = simple(stream, http::Method::POST, &path).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(BackendError::Other(format!(
+            "agent fsfreeze answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )))
+    }
+}
+
 /// Asks the agent to end every process, flush the disk and exit.
 pub async fn shutdown(stream: AgentStream) -> Result<(), BackendError> {
     let (status, _) = simple(stream, http::Method::POST, SHUTDOWN_PATH).await?;

@@ -135,8 +135,9 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
-    /// Makes the sprite's disk consistent and keeps it from changing (a filesystem freeze)
-    /// until [`Backend::thaw_disk`]. The runtime pauses the sprite first.
+    /// Makes the sprite's disk consistent and keeps it from changing (a filesystem freeze,
+    /// with whatever pausing the backend needs for it) until [`Backend::thaw_disk`], which
+    /// returns the sprite to the state it was in. Called on a running or paused sprite.
     async fn freeze_disk(&self, _spec: &SpriteSpec) -> Result<(), BackendError> {
         Err(BackendError::Unsupported {
             backend: self.kind().as_str(),

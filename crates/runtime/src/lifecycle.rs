@@ -240,9 +240,9 @@ impl Runtime {
         Ok(())
     }
 
-    /// Runs `f` while the sprite's disk cannot change: a running sprite is paused and its
-    /// filesystem frozen, a cold one is kept from booting. Lifecycle changes of this sprite wait
-    /// until `f` is done; the sprite then returns to the state it was in.
+    /// Runs `f` while the sprite's disk cannot change (the backend quiesces it: processes
+    /// paused and the filesystem frozen, or the guest's filesystem frozen); a cold sprite is
+    /// kept from booting. Lifecycle changes of this sprite wait until `f` is done.
     pub async fn with_disk_still<T, F, Fut>(
         &self,
         spec: &SpriteSpec,
@@ -253,26 +253,13 @@ impl Runtime {
         Fut: std::future::Future<Output = T>,
     {
         let slot = self.slot(&spec.id);
-        let g = slot.inner.lock().await;
-        let mut g = g;
-        let state = self.observe(spec, &mut g).await;
-        if state == State::Cold {
+        let mut g = slot.inner.lock().await;
+        if self.observe(spec, &mut g).await == State::Cold {
             return Ok(f().await);
         }
-        if state == State::Running {
-            self.backend.pause(spec).await?;
-        }
-        if let Err(e) = self.backend.freeze_disk(spec).await {
-            if state == State::Running {
-                let _ = self.backend.resume(spec).await;
-            }
-            return Err(e);
-        }
+        self.backend.freeze_disk(spec).await?;
         let out = f().await;
         let thawed = self.backend.thaw_disk(spec).await;
-        if state == State::Running {
-            self.backend.resume(spec).await?;
-        }
         g.idle_since = None;
         thawed.map(|_| out)
     }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the API server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -103,6 +103,17 @@ struct ServeArgs {
     /// `AWS_ALLOW_HTTP`).
     #[arg(long, env = "SPRITES_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Which kind of sprite to run: `microvm` (own kernel; KVM where the host has real
+    /// hardware virtualization, else software emulation), `namespace` (Linux namespaces), or
+    /// `auto` (microvm only with real KVM). The server logs what it chose and why.
+    #[arg(long, env = "SPRITES_BACKEND", default_value = "namespace", value_parser = ["auto", "microvm", "namespace"])]
+    backend: String,
+    /// The vhost-user vsock program microVMs use (default: `vhost-device-vsock` on the PATH).
+    #[arg(long, env = "SPRITES_VSOCK_BIN")]
+    vsock_bin: Option<PathBuf>,
+    /// Most memory a microVM guest gets, in MiB (its sprite's memory limit caps it too).
+    #[arg(long, env = "SPRITES_VM_MEMORY_MB", default_value_t = 1024)]
+    vm_memory_mb: u64,
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
@@ -155,7 +166,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve(a) => serve(a),
+        Cmd::Serve(a) => serve(*a),
         Cmd::Token {
             cmd:
                 TokenCmd::Create {
@@ -212,6 +223,45 @@ fn image_build(data: &DataArgs) -> anyhow::Result<()> {
         img.rootfs().display()
     );
     Ok(())
+}
+
+enum Chosen {
+    Namespace,
+    MicroVm(sprites_runtime_microvm::Accel),
+}
+
+/// Picks the backend (and accelerator) and says why.
+fn choose_backend(flag: &str) -> Chosen {
+    use sprites_runtime_microvm::{detect, Accel};
+    let virt = detect::detect(Path::new("/"));
+    let kvm = virt == detect::Virt::Kvm;
+    let chosen = match (flag, kvm) {
+        ("namespace", _) => Chosen::Namespace,
+        ("microvm", true) | ("auto", true) => Chosen::MicroVm(Accel::Kvm),
+        ("microvm", false) => Chosen::MicroVm(Accel::Tcg),
+        _ => Chosen::Namespace,
+    };
+    let what = match &chosen {
+        Chosen::Namespace => "namespace sprites",
+        Chosen::MicroVm(Accel::Kvm) => "microVM sprites on KVM",
+        Chosen::MicroVm(Accel::Tcg) => {
+            "microVM sprites under software emulation (TCG; boots take seconds)"
+        }
+    };
+    tracing::info!(backend = flag, host = %virt.explain(), "running {what}");
+    chosen
+}
+
+/// `name` on the PATH or in ~/.cargo/bin.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .chain([PathBuf::from(home).join(".cargo/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// First start: org `personal` and an admin token, written once to `<data-dir>/admin-token`.
@@ -288,15 +338,43 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let backend = NamespaceBackend::new(NamespaceConfig {
-        network: network.clone(),
-        run_root: cfg.run_root(),
-        base_rootfs: image.rootfs(),
-        agent_bin: cfg.agent_bin.clone(),
-        launcher: vec![std::env::current_exe()?.into_os_string(), "__launch".into()],
-        cgroup_instance: cfg.instance(),
-    });
-    let runtime = Arc::new(Runtime::new(Arc::new(backend)));
+    let backend: Arc<dyn sprites_runtime::Backend> = match choose_backend(&a.backend) {
+        Chosen::Namespace => Arc::new(NamespaceBackend::new(NamespaceConfig {
+            network: network.clone(),
+            run_root: cfg.run_root(),
+            base_rootfs: image.rootfs(),
+            agent_bin: cfg.agent_bin.clone(),
+            launcher: vec![std::env::current_exe()?.into_os_string(), "__launch".into()],
+            cgroup_instance: cfg.instance(),
+        })),
+        Chosen::MicroVm(accel) => {
+            let guest = sprites_storage::guest::GuestArtifacts::new(&cfg.image_dir);
+            if !guest.is_ready() {
+                tracing::info!("no microVM guest yet; building it now");
+                guest.build(&image)?;
+            }
+            let vsock_bin = match &a.vsock_bin {
+                Some(p) => p.clone(),
+                None => find_program("vhost-device-vsock").context(
+                    "vhost-device-vsock not found (cargo install vhost-device-vsock --locked, or pass --vsock-bin)",
+                )?,
+            };
+            Arc::new(sprites_runtime_microvm::MicroVmBackend::new(
+                sprites_runtime_microvm::MicroVmConfig {
+                    run_root: cfg.run_root(),
+                    image_dir: cfg.image_dir.clone(),
+                    agent_bin: cfg.agent_bin.clone(),
+                    accel,
+                    vsock_bin,
+                    network: network.clone(),
+                    memory_cap_mib: a.vm_memory_mb,
+                    vcpus: 2,
+                },
+            )?)
+        }
+    };
+    let backend_name = backend.kind().as_str();
+    let runtime = Arc::new(Runtime::new(backend));
     let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network)?);
     svc.collect_garbage()
         .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -321,8 +399,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
-        std::fs::write(cfg.data_dir.join("spritesd.addr"), addr.to_string())?;
-        tracing::info!(%addr, backend = "namespace", data_dir = %cfg.data_dir.display(), "spritesd ready");
+        // Written whole or not at all: tools poll for it.
+        let tmp = cfg.data_dir.join("spritesd.addr.tmp");
+        std::fs::write(&tmp, addr.to_string())?;
+        std::fs::rename(&tmp, cfg.data_dir.join("spritesd.addr"))?;
+        tracing::info!(%addr, backend = backend_name, data_dir = %cfg.data_dir.display(), "spritesd ready");
         // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

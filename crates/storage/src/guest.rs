@@ -33,7 +33,7 @@ pub const MODULES: &[&str] = &[
 ];
 
 /// Bumped when the recipe changes, so old caches are rebuilt.
-pub const GUEST_RECIPE: u32 = 2;
+pub const GUEST_RECIPE: u32 = 3;
 
 const INIT: &str = r#"#!/bin/busybox sh
 # sprite-init: PID 1 of the initramfs. Loads the virtio drivers, overlays the sprite's disk
@@ -54,11 +54,29 @@ $bb mkdir -p /disk/upper /disk/work
 $bb mount -t overlay overlay -o lowerdir=/lower,upperdir=/disk/upper,workdir=/disk/work /newroot
 echo "sprite-init: root ready, Debian $($bb cat /newroot/etc/debian_version)"
 if [ -x /agent/sprite-agent ]; then
-    $bb mkdir -p /newroot/.sprite/bin
-    $bb cp /agent/sprite-agent /newroot/.sprite/bin/sprite-agent
-    $bb ln -sf sprite-agent /newroot/.sprite/bin/sprite-env
+    [ -f /sprite.conf ] && . /sprite.conf
+    [ -n "$SPRITE_HOSTNAME" ] && $bb hostname "$SPRITE_HOSTNAME"
+    $bb ip link set lo up
+    if [ -n "$SPRITE_NET" ]; then
+        $bb ip link set eth0 up
+        $bb ip addr add 10.0.0.1/24 dev eth0
+        $bb ip route add default via 10.0.0.2
+    fi
+    r=/newroot
+    $bb mkdir -p $r/.sprite/bin $r/.sprite/disk $r/proc $r/sys $r/dev $r/tmp
+    $bb cp /agent/sprite-agent $r/.sprite/bin/sprite-agent
+    $bb ln -sf sprite-agent $r/.sprite/bin/sprite-env
+    $bb mount --move /disk $r/.sprite/disk
+    $bb chmod 700 $r/.sprite/disk
+    $bb mount --move /dev $r/dev
+    $bb mkdir -p $r/dev/pts $r/dev/shm
+    $bb mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts $r/dev/pts
+    $bb ln -sf pts/ptmx $r/dev/ptmx 2>/dev/null || { $bb rm -f $r/dev/ptmx; $bb ln -s pts/ptmx $r/dev/ptmx; }
+    $bb mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/dev/shm
+    $bb mount -t sysfs -o ro,nosuid,nodev,noexec sysfs $r/sys
     $bb umount /proc
-    exec $bb switch_root /newroot /.sprite/bin/sprite-agent
+    $bb mount -t proc -o nosuid,nodev,noexec proc $r/proc
+    exec $bb switch_root $r /.sprite/bin/sprite-agent init
 fi
 echo "sprite-init: no agent in the initramfs; powering off"
 $bb sync
@@ -258,7 +276,7 @@ fn write_executable(path: &Path, text: &str) -> Result<()> {
 }
 
 /// A gzip'd newc cpio archive of `dir`, made by Debian's cpio and gzip.
-fn cpio_gz(dir: &Path, dest: &Path) -> Result<()> {
+pub fn cpio_gz(dir: &Path, dest: &Path) -> Result<()> {
     let out = std::fs::File::create(dest).map_err(io_err("creating archive"))?;
     run(Command::new("sh")
         .current_dir(dir)

@@ -1,0 +1,105 @@
+//! spritesd with `--backend microvm`: sprites are QEMU microVMs (software emulation here), with
+//! their own kernel, network policy, checkpoints, and sleep/wake over QMP.
+
+mod common;
+
+use common::{Api, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn microvm_sprites_through_the_api() {
+    let s = TestServer::start_with(&[
+        "--backend",
+        "microvm",
+        "--warm-after",
+        "2s",
+        "--idle-tick",
+        "200ms",
+    ])
+    .unwrap();
+    assert!(s.log().contains("microVM sprites"), "{}", s.log());
+    let api = Api::new(&s);
+    api.create("vm").await;
+    let o = api
+        .sh(
+            "vm",
+            "uname -r; id -un; cat /etc/resolv.conf; echo kept > ~/f",
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let host = nix::sys::utsname::uname().unwrap();
+    let mut lines = o.stdout.lines();
+    let kernel = lines.next().unwrap();
+    assert!(
+        kernel.contains("cloud-amd64") && kernel != host.release().to_string_lossy(),
+        "{o:?}"
+    );
+    assert_eq!(lines.next(), Some("sprite"));
+    assert_eq!(lines.next(), Some("nameserver 10.0.0.2"));
+
+    // The network policy applies to the guest as to any sprite: blocked names are refused.
+    let (st, _) = api
+        .json(
+            Method::POST,
+            "/v1/sprites/vm/policy/network",
+            Some(json!({"rules": [{"domain": "blocked.example", "action": "deny"}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let o = api
+        .sh(
+            "vm",
+            "getent hosts blocked.example >/dev/null && echo resolved || echo refused",
+        )
+        .await;
+    assert_eq!(o.stdout, "refused\n", "{o:?}");
+
+    // Checkpoint (the guest freezes its own filesystem) and restore.
+    let r = api
+        .req(Method::POST, "/v1/sprites/vm/checkpoint")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Checkpoint v0 created successfully"));
+    api.sh("vm", "echo changed > ~/f").await;
+    let r = api
+        .req(Method::POST, "/v1/sprites/vm/checkpoints/v0/restore")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("Restore from v0 complete"));
+    assert_eq!(api.sh("vm", "cat ~/f").await.stdout, "kept\n");
+
+    // Idle: the VM is paused (warm) and an exec wakes it, processes intact.
+    api.sh("vm", "(setsid sleep 1000 >/dev/null 2>&1 &); echo started")
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = api.json(Method::GET, "/v1/sprites/vm", None).await;
+        if v["status"] == "warm" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never went warm: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(api.sh("vm", "pgrep -c -x sleep").await.stdout, "1\n");
+
+    // Deleting it leaves no QEMU behind.
+    let (st, _) = api.json(Method::DELETE, "/v1/sprites/vm", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let data = s.data_dir.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&data) && (c.contains("qemu") || c.contains("vhost-device")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -18,10 +18,14 @@
 //! * `storage`: checkpoint and restore time for 1 GiB written and for 10 MiB changed after it;
 //!   filesystem API write/read of 256 MiB against `cp` on the host.
 //!
-//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|all]` (as root; builds the
+//! * `backends`: create-to-first-exec and warm wake on each backend (namespace; microVM on
+//!   KVM where real, else TCG), host memory per idle microVM.
+//!
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|backends|all]` (as root; builds the
 //! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
+mod backends;
 mod storage;
 
 use std::time::{Duration, Instant};
@@ -59,6 +63,9 @@ async fn main() -> Result<()> {
     }
     if which == "all" || which == "storage" {
         storage::storage_benches().await?;
+    }
+    if which == "all" || which == "backends" {
+        backends::backend_benches().await?;
     }
     Ok(())
 }

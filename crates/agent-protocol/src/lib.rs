@@ -72,6 +72,10 @@ pub const VSOCK_PORT_ENV_VAR: &str = "SPRITE_AGENT_VSOCK_PORT";
 /// Vsock port of the agent in VM guests.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Vsock port on the host (CID 2) where a VM guest reaches the server's per-sprite inside
+/// API (what `/.sprite/host/api.sock` is elsewhere).
+pub const HOST_API_VSOCK_PORT: u32 = 1025;
+
 /// Set in VM guests: PID 1 powers the machine off when the agent ends.
 pub const VM_ENV_VAR: &str = "SPRITE_VM";
 

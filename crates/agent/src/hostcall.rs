@@ -1,6 +1,6 @@
 //! Calls from inside the sprite that only the host can answer (checkpoints): `/.sprite/api.sock`
 //! requests forwarded, bodies streamed both ways, to the server's socket for this sprite at
-//! `/.sprite/host/api.sock`.
+//! `/.sprite/host/api.sock` (in a VM guest: vsock port 1025 on the host).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -13,14 +13,32 @@ use crate::server::error;
 /// The server's socket for this sprite, as the backend shows it.
 pub const HOST_SOCKET: &str = "/.sprite/host/api.sock";
 
+/// A stream to the host's API: a Unix socket the backend shows in the sprite, or in a VM guest
+/// a vsock connection to the host.
+async fn connect_host() -> std::io::Result<Box<dyn HostIo>> {
+    if std::env::var_os(sprites_agent_protocol::VM_ENV_VAR).is_some() {
+        let addr = tokio_vsock::VsockAddr::new(
+            tokio_vsock::VMADDR_CID_HOST,
+            sprites_agent_protocol::HOST_API_VSOCK_PORT,
+        );
+        return Ok(Box::new(tokio_vsock::VsockStream::connect(addr).await?));
+    }
+    Ok(Box::new(
+        tokio::net::UnixStream::connect(HOST_SOCKET).await?,
+    ))
+}
+
+trait HostIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> HostIo for T {}
+
 /// Forwards the request unchanged (path and query included) and relays the response.
 pub async fn forward(req: Request) -> Response {
-    let stream = match tokio::net::UnixStream::connect(HOST_SOCKET).await {
+    let stream = match connect_host().await {
         Ok(s) => s,
         Err(e) => {
             return error(
                 ErrorCode::Unavailable,
-                format!("the host API is not reachable ({HOST_SOCKET}: {e})"),
+                format!("the host API is not reachable: {e}"),
             )
         }
     };

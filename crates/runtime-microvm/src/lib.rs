@@ -294,6 +294,17 @@ impl Backend for MicroVmBackend {
             None => None,
         };
         self.write_initrd(spec, &p, netns.is_some())?;
+        // Guest-initiated vsock connections to host port P go to `<uds-path>_P`: point the
+        // inside-API port at the server's socket for this sprite.
+        if let Some(dir) = &spec.host_dir {
+            let link = PathBuf::from(format!(
+                "{}_{}",
+                p.vsock.display(),
+                proto::HOST_API_VSOCK_PORT
+            ));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(dir.join("api.sock"), &link)?;
+        }
 
         // The vsock device lives in its own process (vhost-user), in its own session, and
         // is not our child (the shell that starts it exits), so it outlives this server

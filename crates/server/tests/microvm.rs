@@ -75,6 +75,9 @@ async fn microvm_sprites_through_the_api() {
         .unwrap();
     assert!(r.text().await.unwrap().contains("Restore from v0 complete"));
     assert_eq!(api.sh("vm", "cat ~/f").await.stdout, "kept\n");
+    // From inside the guest too (over vsock to the server's socket for this sprite).
+    let o = api.sh("vm", "sprite-env checkpoints list").await;
+    assert!(o.stdout.contains("v0\t"), "{o:?}");
 
     // Idle: the VM is paused (warm) and an exec wakes it, processes intact.
     api.sh("vm", "(setsid sleep 1000 >/dev/null 2>&1 &); echo started")

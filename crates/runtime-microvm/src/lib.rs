@@ -130,7 +130,7 @@ impl MicroVmBackend {
     /// initramfs with `cfg.agent_bin` in it.
     pub fn new(cfg: MicroVmConfig) -> Result<Self, BackendError> {
         let guest = GuestArtifacts::new(&cfg.image_dir);
-        if !guest.is_ready() {
+        if !guest.is_ready(&sprites_storage::image::BaseImage::new(&cfg.image_dir)) {
             return Err(other(
                 "the microVM guest is not built (spritesd image build builds it)",
             ));

@@ -33,10 +33,9 @@ fn env() -> Env {
     sprites_testing::ensure_image().expect("base image");
     let image_dir = sprites_testing::image_dir();
     let guest = GuestArtifacts::new(&image_dir);
-    if !guest.is_ready() {
-        guest
-            .build(&BaseImage::new(&image_dir))
-            .expect("building the guest");
+    let base = BaseImage::new(&image_dir);
+    if !guest.is_ready(&base) {
+        guest.build(&base).expect("building the guest");
     }
     let dir = tempfile::Builder::new()
         .prefix("vm")

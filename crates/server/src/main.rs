@@ -349,7 +349,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         })),
         Chosen::MicroVm(accel) => {
             let guest = sprites_storage::guest::GuestArtifacts::new(&cfg.image_dir);
-            if !guest.is_ready() {
+            if !guest.is_ready(&image) {
                 tracing::info!("no microVM guest yet; building it now");
                 guest.build(&image)?;
             }

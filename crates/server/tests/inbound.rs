@@ -255,3 +255,81 @@ async fn tcp_proxy_through_cli_sdk_and_stdio() {
     let _ = w.wait();
     let _ = Command::new("true").status();
 }
+
+/// A real database protocol through `sprite proxy`: redis-server in the sprite, the host's
+/// redis-cli on the local end.
+#[tokio::test]
+async fn redis_cli_through_sprite_proxy() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("db").await;
+    let o = api
+        .sh(
+            "db",
+            "redis-server --port 6379 --daemonize yes --save '' --appendonly no >/dev/null && sleep 0.3 && redis-cli ping",
+        )
+        .await;
+    assert_eq!(o.stdout, "PONG\n", "{o:?}");
+    assert!(s
+        .run_cli(&["auth", "setup", "--token", &s.token])
+        .unwrap()
+        .status
+        .success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = s
+        .cli()
+        .args(["proxy", "-s", "db", &format!("{port}:6379")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let redis = |args: &[&str]| {
+        let o = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (install redis-tools)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis(&["ping"]) != "PONG\n" {
+        assert!(Instant::now() < deadline, "no PONG through the proxy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis(&["set", "greeting", "hello from the host"]), "OK\n");
+    // The value really lives in the sprite's server.
+    let o = api.sh("db", "redis-cli get greeting").await;
+    assert_eq!(o.stdout, "hello from the host\n");
+    // A 1 MiB value (the last argument read from stdin with -x).
+    let mut c = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-x",
+            "set",
+            "big",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(&vec![b'x'; 1 << 20])
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert_eq!(redis(&["strlen", "big"]), "1048576\n");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    );
+    assert!(child.wait().unwrap().success());
+}

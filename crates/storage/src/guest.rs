@@ -116,12 +116,13 @@ impl GuestArtifacts {
         self.dir.join("guest.json")
     }
 
-    /// Whether complete artifacts of the current recipe exist.
-    pub fn is_ready(&self) -> bool {
+    /// Whether complete artifacts of the current recipe, made from `base` as it is now, exist.
+    pub fn is_ready(&self, base: &BaseImage) -> bool {
+        let built = base.info().map(|i| i.built_at);
         std::fs::read_to_string(self.stamp())
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["recipe"] == GUEST_RECIPE)
+            .is_some_and(|v| v["recipe"] == GUEST_RECIPE && v["base_built_at"].as_u64() == built)
             && self.kernel().exists()
             && self.initramfs().exists()
             && self.base_disk().exists()
@@ -221,7 +222,11 @@ impl GuestArtifacts {
         ] {
             std::fs::rename(&from, &to).map_err(io_err(format!("installing {}", to.display())))?;
         }
-        let stamp = serde_json::json!({ "recipe": GUEST_RECIPE, "kernel": release });
+        let stamp = serde_json::json!({
+            "recipe": GUEST_RECIPE,
+            "kernel": release,
+            "base_built_at": base.info().map(|i| i.built_at),
+        });
         std::fs::write(self.stamp(), stamp.to_string()).map_err(io_err("writing guest.json"))?;
         Ok(())
     }

@@ -31,10 +31,11 @@ pub const PACKAGES: &[&str] = &[
     "less",
     "nano",
     "locales",
+    "redis-server",
 ];
 
 /// Bumped when the recipe changes, so old caches are rebuilt.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 /// Metadata written next to a complete image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

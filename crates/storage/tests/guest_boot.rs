@@ -35,10 +35,10 @@ fn guest_boots_under_tcg_and_overlays_the_sprite_disk() {
         image_dir().display()
     );
     let guest = GuestArtifacts::new(image_dir());
-    if !guest.is_ready() {
+    if !guest.is_ready(&base) {
         guest.build(&base).expect("building the guest");
     }
-    assert!(guest.is_ready());
+    assert!(guest.is_ready(&base));
 
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("disk.ext4");

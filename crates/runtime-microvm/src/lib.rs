@@ -112,6 +112,29 @@ fn live_pid(file: &Path, needle: &Path) -> Option<i32> {
         .then_some(pid)
 }
 
+/// The checkpoint disks to show (`<id>.ext4` beside the sprite's disk), at most five,
+/// oldest first. A running VM cannot take new disks, so views change at its next boot.
+fn checkpoint_images(spec: &SpriteSpec) -> Vec<(String, PathBuf)> {
+    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(spec.checkpoint_images_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".ext4")?.to_string();
+            (!id.starts_with('.') && id.len() <= 17).then(|| (id, e.path()))
+        })
+        .collect();
+    v.sort_by_key(|(id, _)| {
+        id.trim_start_matches('v')
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+    });
+    let extra = v.len().saturating_sub(5);
+    v.drain(..extra);
+    v
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -157,13 +180,19 @@ impl MicroVmBackend {
     }
 
     /// The per-boot initramfs: the agent initramfs plus `/sprite.conf` for this sprite.
-    fn write_initrd(&self, spec: &SpriteSpec, p: &Paths, net: bool) -> Result<(), BackendError> {
+    fn write_initrd(
+        &self,
+        spec: &SpriteSpec,
+        p: &Paths,
+        net: bool,
+        disks: usize,
+    ) -> Result<(), BackendError> {
         let tree = p.dir.join("conf-tree");
         let _ = std::fs::remove_dir_all(&tree);
         std::fs::create_dir_all(&tree)?;
         let env = serde_json::to_string(&spec.env).map_err(other)?;
         let mut conf = format!(
-            "export SPRITE_HOSTNAME={}\nexport {}={}\nexport {}={}\nexport {}=1\n",
+            "export SPRITE_HOSTNAME={}\nexport {}={}\nexport {}={}\nexport {}=1\nexport SPRITE_DISKS={disks}\n",
             shell_quote(&spec.hostname),
             proto::SPRITE_ENV_VAR,
             shell_quote(&env),
@@ -293,7 +322,8 @@ impl Backend for MicroVmBackend {
             }
             None => None,
         };
-        self.write_initrd(spec, &p, netns.is_some())?;
+        let views = checkpoint_images(spec);
+        self.write_initrd(spec, &p, netns.is_some(), 2 + views.len())?;
         // Guest-initiated vsock connections to host port P go to `<uds-path>_P`: point the
         // inside-API port at the server's socket for this sprite.
         if let Some(dir) = &spec.host_dir {
@@ -377,14 +407,24 @@ impl Backend for MicroVmBackend {
                 "id=base,file={},format=raw,if=none,readonly=on",
                 self.guest.base_disk().display()
             ))
-            .args(["-device", "virtio-blk-device,drive=base"])
+            .args(["-device", "virtio-blk-device,drive=base,serial=base"])
             .arg("-drive")
             .arg(format!(
                 "id=disk,file={},format=raw,if=none,discard=unmap",
                 spec.disk.display()
             ))
-            .args(["-device", "virtio-blk-device,drive=disk"])
-            .arg("-chardev")
+            .args(["-device", "virtio-blk-device,drive=disk,serial=disk"]);
+        // Recent checkpoints the server wrote beside the disk, shown read-only by the guest.
+        for (i, (id, img)) in views.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "id=ck{i},file={},format=raw,if=none,readonly=on",
+                    img.display()
+                ))
+                .arg("-device")
+                .arg(format!("virtio-blk-device,drive=ck{i},serial=ck-{id}"));
+        }
+        cmd.arg("-chardev")
             .arg(format!("socket,id=vs,path={}", p.vhost.display()))
             .args(["-device", "vhost-user-vsock-device,chardev=vs"]);
         if netns.is_some() {

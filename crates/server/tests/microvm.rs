@@ -79,6 +79,34 @@ async fn microvm_sprites_through_the_api() {
     let o = api.sh("vm", "sprite-env checkpoints list").await;
     assert!(o.stdout.contains("v0\t"), "{o:?}");
 
+    // Recent checkpoints appear read-only at /.sprite/checkpoints from the next boot.
+    api.sh("vm", "echo later > ~/f").await;
+    let (_, v) = api.json(Method::GET, "/v1/sprites/vm", None).await;
+    let image = s
+        .data_dir
+        .join("sprites")
+        .join(v["id"].as_str().unwrap())
+        .join("checkpoints/v0.ext4");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !image.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no view image {}",
+            image.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = api
+        .req(Method::POST, "/v1/sprites/vm/restart")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let o = api
+        .sh("vm", "cat ~/f /.sprite/checkpoints/v0/home/sprite/f; touch /.sprite/checkpoints/v0/x 2>&1 | grep -c Read-only")
+        .await;
+    assert_eq!(o.stdout, "later\nkept\n1\n", "{o:?}");
+
     // Idle: the VM is paused (warm) and an exec wakes it, processes intact.
     api.sh("vm", "(setsid sleep 1000 >/dev/null 2>&1 &); echo started")
         .await;

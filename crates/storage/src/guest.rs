@@ -2,8 +2,8 @@
 //! virtio modules and overlays the sprite's disk on the base image, and the base image as a
 //! read-only ext4 disk. Built once from Debian's packages and cached beside the base image.
 //!
-//! The initramfs finds the base image and the sprite's disk by their ext4 labels
-//! (`sprite-base`, `sprite`) and hands over to `/.sprite/bin/sprite-agent` as PID 1 when the agent was appended to it (a
+//! The initramfs finds the base image, the sprite's disk and checkpoint disks by their virtio
+//! serials (`base`, `disk`, `ck-<id>`) and hands over to `/.sprite/bin/sprite-agent` as PID 1 when the agent was appended to it (a
 //! second cpio archive, which Linux unpacks over the first).
 
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ pub const MODULES: &[&str] = &[
 ];
 
 /// Bumped when the recipe changes, so old caches are rebuilt.
-pub const GUEST_RECIPE: u32 = 3;
+pub const GUEST_RECIPE: u32 = 5;
 
 const INIT: &str = r#"#!/bin/busybox sh
 # sprite-init: PID 1 of the initramfs. Loads the virtio drivers, overlays the sprite's disk
@@ -41,20 +41,45 @@ const INIT: &str = r#"#!/bin/busybox sh
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t devtmpfs dev /dev
+$bb mkdir -p /sys
+$bb mount -t sysfs sysfs /sys
 for m in $(cat /modules.order); do $bb insmod "/modules/$m" || echo "sprite-init: insmod $m failed"; done
-# Disks are found by label: virtio-mmio enumeration order is not the command line's.
+[ -f /sprite.conf ] && . /sprite.conf
+# Disks are found by their virtio serial (base, disk, ck-<checkpoint>): virtio-mmio
+# enumeration order is not the command line's, and checkpoint disks carry the sprite disk's
+# label.
+find_disks() {
+    base=; disk=; cks=; count=0
+    for b in /sys/block/vd*; do
+        [ -e "$b/serial" ] || continue
+        s=$($bb cat "$b/serial"); d=/dev/${b##*/}; count=$((count+1))
+        case "$s" in
+            base) base=$d ;;
+            disk) disk=$d ;;
+            ck-*) cks="$cks ${s#ck-}=$d" ;;
+        esac
+    done
+    [ -n "$base" ] && [ -n "$disk" ] && [ $count -ge ${SPRITE_DISKS:-2} ]
+}
 n=0
-while { ! base=$($bb findfs LABEL=sprite-base) || ! disk=$($bb findfs LABEL=sprite); } && [ $n -lt 500 ]; do
-    $bb usleep 10000; n=$((n+1))
-done
+while ! find_disks && [ $n -lt 500 ]; do $bb usleep 10000; n=$((n+1)); done
 $bb mkdir -p /lower /disk /newroot
 $bb mount -t ext4 -o ro,noload "$base" /lower || { echo "sprite-init: no base image"; $bb poweroff -f; }
 $bb mount -t ext4 -o noatime "$disk" /disk || { echo "sprite-init: no sprite disk"; $bb poweroff -f; }
 $bb mkdir -p /disk/upper /disk/work
 $bb mount -t overlay overlay -o lowerdir=/lower,upperdir=/disk/upper,workdir=/disk/work /newroot
+# Recent checkpoints, read-only, as /.sprite/checkpoints/<id> (their upper layer over the base).
+views=/newroot/.sprite/checkpoints
+$bb mkdir -p $views
+$bb mount -t tmpfs -o mode=0755,size=64k tmpfs $views
+for kv in $cks; do
+    id=${kv%%=*}; dev=${kv#*=}
+    $bb mkdir -p "/ck/$id" "$views/$id"
+    $bb mount -t ext4 -o ro,noload "$dev" "/ck/$id" \
+        && $bb mount -t overlay overlay -o "ro,lowerdir=/ck/$id/upper:/lower" "$views/$id"
+done
 echo "sprite-init: root ready, Debian $($bb cat /newroot/etc/debian_version)"
 if [ -x /agent/sprite-agent ]; then
-    [ -f /sprite.conf ] && . /sprite.conf
     [ -n "$SPRITE_HOSTNAME" ] && $bb hostname "$SPRITE_HOSTNAME"
     $bb ip link set lo up
     if [ -n "$SPRITE_NET" ]; then
@@ -74,7 +99,7 @@ if [ -x /agent/sprite-agent ]; then
     $bb ln -sf pts/ptmx $r/dev/ptmx 2>/dev/null || { $bb rm -f $r/dev/ptmx; $bb ln -s pts/ptmx $r/dev/ptmx; }
     $bb mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/dev/shm
     $bb mount -t sysfs -o ro,nosuid,nodev,noexec sysfs $r/sys
-    $bb umount /proc
+    $bb umount /proc /sys
     $bb mount -t proc -o nosuid,nodev,noexec proc $r/proc
     exec $bb switch_root $r /.sprite/bin/sprite-agent init
 fi

@@ -72,13 +72,13 @@ fn guest_boots_under_tcg_and_overlays_the_sprite_disk() {
             "id=base,file={},format=raw,if=none,readonly=on",
             guest.base_disk().display()
         ))
-        .args(["-device", "virtio-blk-device,drive=base"])
+        .args(["-device", "virtio-blk-device,drive=base,serial=base"])
         .arg("-drive")
         .arg(format!(
             "id=disk,file={},format=raw,if=none",
             disk.display()
         ))
-        .args(["-device", "virtio-blk-device,drive=disk"])
+        .args(["-device", "virtio-blk-device,drive=disk,serial=disk"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -110,16 +110,19 @@ async fn microvm_sprites_through_the_api() {
     // Idle: the VM is paused (warm) and an exec wakes it, processes intact.
     api.sh("vm", "(setsid sleep 1000 >/dev/null 2>&1 &); echo started")
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (_, v) = api.json(Method::GET, "/v1/sprites/vm", None).await;
-        if v["status"] == "warm" {
-            break;
+    // Three sleep/wake cycles: the processes live through each.
+    for _ in 0..3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (_, v) = api.json(Method::GET, "/v1/sprites/vm", None).await;
+            if v["status"] == "warm" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never went warm: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        assert!(std::time::Instant::now() < deadline, "never went warm: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(api.sh("vm", "pgrep -c -x sleep").await.stdout, "1\n");
     }
-    assert_eq!(api.sh("vm", "pgrep -c -x sleep").await.stdout, "1\n");
 
     // Deleting it leaves no QEMU behind.
     let (st, _) = api.json(Method::DELETE, "/v1/sprites/vm", None).await;

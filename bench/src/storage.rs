@@ -12,6 +12,7 @@ struct Api {
     http: reqwest::Client,
     base: String,
     auth: String,
+    sprites_dir: std::path::PathBuf,
 }
 
 impl Api {
@@ -29,8 +30,12 @@ impl Api {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// Runs a create or restore to the end; its duration and final line.
+    /// Runs a create or restore to the end; its duration and final line. Waits first for the
+    /// server's background work (checkpoint views, written 2 s after the last checkpoint)
+    /// so each figure is the operation alone.
     async fn stream(&self, path: &str) -> Result<(Duration, String)> {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        self.settle().await;
         let t = Instant::now();
         let r = self
             .http
@@ -59,6 +64,33 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Waits until no checkpoint view is being written (a `.vN.tmp` in a sprite's
+    /// checkpoints directory) and reports how long that took, if it was busy.
+    async fn settle(&self) {
+        let t = Instant::now();
+        let busy = || {
+            std::fs::read_dir(&self.sprites_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|d| std::fs::read_dir(d.path().join("checkpoints")).ok())
+                .flatten()
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().ends_with(".tmp"))
+        };
+        while busy() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if t.elapsed() > Duration::from_millis(100) {
+            println!(
+                "  (waited {} for background checkpoint views)",
+                ms(t.elapsed())
+            );
+        }
+    }
+}
+
 fn mibs(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
@@ -73,6 +105,7 @@ pub async fn storage_benches() -> Result<()> {
         http: reqwest::Client::new(),
         base: s.url.clone(),
         auth: format!("Bearer {}", s.token),
+        sprites_dir: s.data_dir.join("sprites"),
     };
     let r = api
         .http

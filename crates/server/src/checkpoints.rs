@@ -43,6 +43,9 @@ fn to_api(r: &CheckpointRecord) -> Checkpoint {
 /// Checkpoints a sprite shows at `/.sprite/checkpoints/<id>` (the newest ones).
 pub const VIEWS_KEPT: usize = 5;
 
+/// Quiet time after a sprite's last checkpoint change before its views are written.
+pub const VIEWS_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn storage_err(e: sprites_storage::StorageError) -> ApiError {
     ApiError::internal(e)
 }
@@ -498,9 +501,28 @@ impl Sprites {
     }
 
     /// [`Sprites::sync_checkpoint_views`] in the background.
+    /// Waits for [`VIEWS_QUIET`] without checkpoint activity on the sprite first, so a burst of
+    /// checkpoints writes the views once, and the writing does not compete with the
+    /// checkpoints themselves for the disk.
     pub fn spawn_sync_views(self: &Arc<Self>, rec: &SpriteRecord) {
+        let generation = {
+            let mut g = self.views_pending.lock().unwrap_or_else(|e| e.into_inner());
+            let n = g.entry(rec.id.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
         let (svc, rec) = (self.clone(), rec.clone());
         tokio::spawn(async move {
+            tokio::time::sleep(VIEWS_QUIET).await;
+            let latest = svc
+                .views_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&rec.id)
+                .copied();
+            if latest != Some(generation) {
+                return; // a later checkpoint will sync
+            }
             if let Err(e) = svc.sync_checkpoint_views(&rec).await {
                 tracing::warn!(id = %rec.id, "checkpoint views: {}", e.message);
             }

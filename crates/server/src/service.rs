@@ -39,6 +39,8 @@ pub struct Sprites {
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes writing checkpoint views (one disk-sized write at a time).
     pub(crate) views_lock: tokio::sync::Mutex<()>,
+    /// Latest view-sync request per sprite (debounce).
+    pub(crate) views_pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Inside-API servers, by sprite id.
     pub(crate) host_apis:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
@@ -72,6 +74,7 @@ impl Sprites {
             checkpoint_locks: Default::default(),
             host_apis: Default::default(),
             views_lock: Default::default(),
+            views_pending: Default::default(),
         })
     }
 

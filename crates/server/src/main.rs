@@ -353,6 +353,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!("no microVM guest yet; building it now");
                 guest.build(&image)?;
             }
+            find_program("qemu-system-x86_64")
+                .context("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")?;
             let vsock_bin = match &a.vsock_bin {
                 Some(p) => p.clone(),
                 None => find_program("vhost-device-vsock").context(

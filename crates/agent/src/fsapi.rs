@@ -316,16 +316,17 @@ pub(crate) fn drain_sync<R: std::io::Read>(reader: &mut R) {
     );
 }
 
-/// Marks the temporary file of a write (`.NAME.sprite-write-PID`), which the watcher hides.
+/// Marks the temporary file of a write (`.NAME.sprite-write-PID-N-NANOS`), which the watcher
+/// hides.
 const WRITE_TEMP_MARK: &str = ".sprite-write-";
 
 /// Whether `name` is the temporary file of a write in progress.
 fn is_write_temp(name: &OsStr) -> bool {
     let name = name.to_string_lossy();
     name.starts_with('.')
-        && name
-            .rsplit_once(WRITE_TEMP_MARK)
-            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        && name.rsplit_once(WRITE_TEMP_MARK).is_some_and(|(_, id)| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// `PUT /fs/write?path&workingDir&mode&mkdirParents|mkdir&asRoot`, body = the bytes.
@@ -342,12 +343,20 @@ async fn write(Query(qs): Query<Vec<(String, String)>>, req: Request) -> Respons
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
+        // Unique per write, so concurrent writes to one path never share a temporary file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = dir.join(format!(
-            ".{}{WRITE_TEMP_MARK}{}",
+            ".{}{WRITE_TEMP_MARK}{}-{}-{}",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            std::process::id()
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            // A temporary file left by a crash of an earlier boot (same pid) never collides.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
         ));
         let (d, t) = (dir.clone(), tmp.clone());
         let opened = as_user(as_root, move || -> FsResult<std::fs::File> {
@@ -356,8 +365,7 @@ async fn write(Query(qs): Query<Vec<(String, String)>>, req: Request) -> Respons
             }
             std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&t)
                 .map_err(|e| FsError::io(&e, &t))

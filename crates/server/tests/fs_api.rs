@@ -809,3 +809,38 @@ async fn tar_streams_without_holding_the_archive() {
         "the agent's peak memory stayed far below the 200 MiB moved: {kib} KiB"
     );
 }
+
+/// Concurrent writes to one path never mix: the file ends up whole, one writer's bytes.
+#[tokio::test]
+async fn concurrent_writes_to_one_path_do_not_mix() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("f").await;
+    let bodies: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 4 << 20]).collect();
+    let writes = bodies
+        .iter()
+        .map(|b| write(&api, &[("path", "/home/sprite/same.bin")], b.clone()));
+    for (st, v) in futures::future::join_all(writes).await {
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let got = api
+        .req(
+            Method::GET,
+            "/v1/sprites/f/fs/read?path=/home/sprite/same.bin",
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4 << 20);
+    assert!(
+        bodies.iter().any(|b| b[..] == got[..]),
+        "the file is one writer's bytes, not a mix"
+    );
+    let o = api
+        .sh("f", "ls -a /home/sprite | grep -c sprite-write || true")
+        .await;
+    assert_eq!(o.stdout, "0\n", "no temporary files left: {o:?}");
+}

@@ -259,6 +259,26 @@ impl TestServer {
                 }
             }
         }
+        // MicroVM sprites are processes of their own (QEMU, vhost-device-vsock) named by
+        // paths under the data dir, outside any cgroup.
+        let data = self.data_dir.to_string_lossy().into_owned();
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&data)
+                && (cmd.contains("qemu-system") || cmd.contains("vhost-device-vsock"))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.sprite_pids().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -329,31 +329,7 @@ impl ChunkStore {
             .map(|(i, h)| {
                 let store = self.store.clone();
                 let file = file.clone();
-                async move {
-                    let hash = unhex(&h).ok_or_else(|| {
-                        StorageError::Config(format!("manifest has a bad hash {h:?}"))
-                    })?;
-                    let data = store
-                        .get(&chunk_key(&hash))
-                        .await
-                        .map_err(store_err("fetching chunk"))?
-                        .bytes()
-                        .await
-                        .map_err(store_err("fetching chunk"))?;
-                    let n = data.len() as u64;
-                    tokio::task::spawn_blocking(move || {
-                        if *blake3::hash(&data).as_bytes() != hash {
-                            return Err(StorageError::Config(format!(
-                                "chunk {h} in the object store is damaged"
-                            )));
-                        }
-                        file.write_all_at(&data, i * chunk_size)
-                            .map_err(io_err("writing restored disk"))
-                    })
-                    .await
-                    .map_err(|e| StorageError::Config(e.to_string()))??;
-                    Ok::<u64, StorageError>(n)
-                }
+                write_chunk(store, file, h, i * chunk_size, "manifest")
             })
             .buffer_unordered(IO_PARALLEL);
         while let Some(n) = writes.next().await {
@@ -474,29 +450,7 @@ impl ChunkStore {
                             .map_err(|e| StorageError::Config(e.to_string()))??;
                         return Ok::<u64, StorageError>(0);
                     };
-                    let hash = unhex(&h).ok_or_else(|| {
-                        StorageError::Config(format!("journal has a bad hash {h:?}"))
-                    })?;
-                    let data = store
-                        .get(&chunk_key(&hash))
-                        .await
-                        .map_err(store_err("fetching chunk"))?
-                        .bytes()
-                        .await
-                        .map_err(store_err("fetching chunk"))?;
-                    let n = data.len() as u64;
-                    tokio::task::spawn_blocking(move || {
-                        if *blake3::hash(&data).as_bytes() != hash {
-                            return Err(StorageError::Config(format!(
-                                "chunk {h} in the object store is damaged"
-                            )));
-                        }
-                        file.write_all_at(&data, off)
-                            .map_err(io_err("writing restored disk"))
-                    })
-                    .await
-                    .map_err(|e| StorageError::Config(e.to_string()))??;
-                    Ok(n)
+                    write_chunk(store, file, h, off, "journal").await
                 }
             })
             .buffer_unordered(IO_PARALLEL);
@@ -629,6 +583,39 @@ impl PendingCheckpoint<'_> {
         }
         Ok(self.manifest)
     }
+}
+
+/// Fetches chunk `h` (named in a `source`: manifest or journal), checks its hash, and writes
+/// it at `off`. Returns its length.
+async fn write_chunk(
+    store: Arc<dyn ObjectStore>,
+    file: Arc<std::fs::File>,
+    h: String,
+    off: u64,
+    source: &str,
+) -> Result<u64> {
+    let hash =
+        unhex(&h).ok_or_else(|| StorageError::Config(format!("{source} has a bad hash {h:?}")))?;
+    let data = store
+        .get(&chunk_key(&hash))
+        .await
+        .map_err(store_err("fetching chunk"))?
+        .bytes()
+        .await
+        .map_err(store_err("fetching chunk"))?;
+    let n = data.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        if *blake3::hash(&data).as_bytes() != hash {
+            return Err(StorageError::Config(format!(
+                "chunk {h} in the object store is damaged"
+            )));
+        }
+        file.write_all_at(&data, off)
+            .map_err(io_err("writing restored disk"))
+    })
+    .await
+    .map_err(|e| StorageError::Config(e.to_string()))??;
+    Ok(n)
 }
 
 /// What a restore will write: for each chunk that differs, its new hash or `None` for zeros.

@@ -40,29 +40,11 @@ pub fn main(args: Vec<String>) -> ! {
 }
 
 async fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), String> {
-    let stream = tokio::net::UnixStream::connect(API_SOCKET)
-        .await
-        .map_err(|e| format!("cannot reach {API_SOCKET}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "sprite")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    let (status, whole, body) = request_lines(method, path, body, |_| {}).await?;
+    if !whole {
+        return Err("the connection ended in the middle of the answer".into());
+    }
+    Ok((status, Bytes::from(body)))
 }
 
 /// Sends a request and hands each line of the response body to `line` as it arrives.

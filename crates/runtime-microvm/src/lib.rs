@@ -13,12 +13,13 @@
 pub mod detect;
 mod qmp;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sprites_agent_protocol as proto;
+use sprites_runtime::host::live_pid;
 use sprites_runtime::{AgentStream, Backend, BackendError, BackendKind, SpriteSpec};
 use sprites_storage::guest::GuestArtifacts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,22 +95,6 @@ impl Paths {
 
 fn other(e: impl std::fmt::Display) -> BackendError {
     BackendError::Other(e.to_string())
-}
-
-/// Pid from `file` if that process is alive and its command line mentions `needle`
-/// (so a stale pid file after a reboot is not mistaken for a live VM).
-fn live_pid(file: &Path, needle: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    if stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z') {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let needle = needle.as_os_str().as_encoded_bytes();
-    cmdline
-        .windows(needle.len())
-        .any(|w| w == needle)
-        .then_some(pid)
 }
 
 /// The checkpoint disks to show (`<id>.ext4` beside the sprite's disk), at most five,
@@ -255,15 +240,7 @@ impl MicroVmBackend {
                 Err(e) => e.to_string(),
             };
             if self.qemu_pid(&spec.id).is_none() || Instant::now() > deadline {
-                let console = std::fs::read_to_string(&p.console).unwrap_or_default();
-                let tail: String = console
-                    .chars()
-                    .rev()
-                    .take(3000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail = sprites_runtime::host::file_tail(&p.console, 3000);
                 return Err(BackendError::Start {
                     id: spec.id.clone(),
                     reason: format!("the guest's agent did not answer ({last}); console:\n{tail}"),
@@ -467,12 +444,9 @@ impl Backend for MicroVmBackend {
 
     async fn is_paused(&self, spec: &SpriteSpec) -> bool {
         let p = self.paths(&spec.id);
-        let paused = self.qemu_pid(&spec.id).is_some_and(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|st| st.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
-                == Some('T')
-        });
+        let paused = self
+            .qemu_pid(&spec.id)
+            .is_some_and(|pid| sprites_runtime::host::process_state(pid) == Some('T'));
         if paused {
             let _ = std::fs::write(p.dir.join("paused"), "");
         } else {

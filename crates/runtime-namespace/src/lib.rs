@@ -76,23 +76,10 @@ impl NamespaceBackend {
     /// so a stale pid file after a host reboot is not mistaken for a running sprite.
     pub fn launcher_pid(&self, id: &str) -> Option<i32> {
         let run_dir = self.run_dir(id);
-        let pid: i32 = std::fs::read_to_string(RunPaths::new(&run_dir).pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next())?;
-        if state == Some('Z') {
-            return None;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let needle = run_dir.join("launch.json");
-        let needle = needle.as_os_str().as_encoded_bytes();
-        cmdline
-            .windows(needle.len())
-            .any(|w| w == needle)
-            .then_some(pid)
+        sprites_runtime::host::live_pid(
+            &RunPaths::new(&run_dir).pid_file,
+            &run_dir.join("launch.json"),
+        )
     }
 
     /// Ends the sprite's processes: gently through the agent, else by cgroup.
@@ -247,15 +234,7 @@ impl Backend for NamespaceBackend {
                 Err(e) => e.to_string(),
             };
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&paths.agent_log).unwrap_or_default();
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(2000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail = sprites_runtime::host::file_tail(&paths.agent_log, 2000);
                 return Err(BackendError::Start {
                     id: spec.id.clone(),
                     reason: format!("agent did not answer: {last}\n{tail}"),

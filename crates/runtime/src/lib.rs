@@ -8,6 +8,7 @@
 pub mod agent;
 mod backend;
 pub mod conformance;
+pub mod host;
 mod lifecycle;
 
 pub use backend::{AgentStream, Backend, BackendError, BackendKind, SpriteSpec};

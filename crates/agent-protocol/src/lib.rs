@@ -76,6 +76,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// API (what `/.sprite/host/api.sock` is elsewhere).
 pub const HOST_API_VSOCK_PORT: u32 = 1025;
 
+/// Line the agent writes to stderr (a VM's console) once it accepts host connections.
+pub const READY_MARK: &str = "sprite-agent: listening";
+
 /// Set in VM guests: PID 1 powers the machine off when the agent ends.
 pub const VM_ENV_VAR: &str = "SPRITE_VM";
 

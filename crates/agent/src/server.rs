@@ -123,6 +123,8 @@ async fn serve() -> anyhow::Result<()> {
         }
     };
     tracing::info!("agent {} ready", env!("CARGO_PKG_VERSION"));
+    // The host listener is bound: a VM backend waits for this line before connecting.
+    eprintln!("{}", sprites_agent_protocol::READY_MARK);
     let sessions = Arc::new(Registry::default());
     let ports = crate::ports::Ports::spawn(sessions.clone());
     let state = AgentState {

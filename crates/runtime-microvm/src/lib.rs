@@ -231,6 +231,19 @@ impl MicroVmBackend {
 
     async fn wait_agent(&self, spec: &SpriteSpec, p: &Paths) -> Result<(), BackendError> {
         let deadline = Instant::now() + BOOT_TIMEOUT;
+        // No vsock connection before the agent says (on the console) that it listens: a
+        // connection requested while the guest's vsock driver is still coming up can wedge
+        // vhost-device-vsock for good (seen in CI).
+        loop {
+            let console = std::fs::read_to_string(&p.console).unwrap_or_default();
+            if console.lines().any(|l| l.contains(proto::READY_MARK)) {
+                break;
+            }
+            if self.qemu_pid(&spec.id).is_none() || Instant::now() > deadline {
+                break; // reported below, with the console
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             let last = match self.connect(spec).await {
                 Ok(s) => match sprites_runtime::agent::info(s).await {

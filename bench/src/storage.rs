@@ -95,12 +95,55 @@ fn mibs(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
+/// Time to write `mib` MiB from memory to a file in `dir` and fsync it: the floor of any
+/// checkpoint that stores that much new data durably there.
+fn durable_write(dir: &std::path::Path, mib: u64) -> Result<Duration> {
+    use std::io::Write;
+    let block: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let path = dir.join("durable-write-baseline");
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    for i in 0..mib {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&b)?;
+    }
+    f.sync_all()?;
+    let took = t.elapsed();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(took)
+}
+
 pub async fn storage_benches() -> Result<()> {
     let gib: u64 = std::env::var("BENCH_CKPT_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let s = TestServer::start()?;
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&s.data_dir)
+        .output()?;
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
+    println!("-- data dir on the host's filesystem ({fs}): checkpoints read all allocated chunks");
+    let api = checkpoint_benches(&s, gib).await?;
+    fs_benches(&s, &api).await?;
+    drop(s);
+
+    println!(
+        "-- data dir on XFS (reflinks): checkpoints read only the chunks written since the last"
+    );
+    let vol = sprites_testing::XfsVolume::new(40)?;
+    let s = TestServer::start_in(vol.path(), &[])?;
+    checkpoint_benches(&s, gib).await?;
+    drop(s);
+    Ok(())
+}
+
+async fn checkpoint_benches(s: &TestServer, gib: u64) -> Result<Api> {
     let api = Api {
         http: reqwest::Client::new(),
         base: s.url.clone(),
@@ -126,10 +169,13 @@ pub async fn storage_benches() -> Result<()> {
     )
     .await?;
     let (full, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    let floor = durable_write(&s.data_dir, gib)?;
     println!(
-        "checkpoint after {gib} MiB written: {}  = {:.2} s per GiB  ({stats})",
+        "checkpoint after {gib} MiB written: {}  = {:.2} s per GiB  ({stats}); writing {gib} MiB + fsync on the same filesystem: {} (ratio {:.2})",
         ms(full),
-        full.as_secs_f64() * 1024.0 / gib as f64
+        full.as_secs_f64() * 1024.0 / gib as f64,
+        ms(floor),
+        full.as_secs_f64() / floor.as_secs_f64()
     );
     api.sh(
         "ckbench",
@@ -138,8 +184,8 @@ pub async fn storage_benches() -> Result<()> {
     .await?;
     let (inc, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
     println!("checkpoint after 10 MiB changed: {}  ({stats})", ms(inc));
-    let (same, _) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
-    println!("checkpoint with nothing changed: {}", ms(same));
+    let (same, stats) = api.stream("/v1/sprites/ckbench/checkpoint").await?;
+    println!("checkpoint with nothing changed: {}  ({stats})", ms(same));
 
     // Back to the fresh sprite (1 GiB of chunks become holes), then forward to the 1 GiB + 10
     // MiB state (1 GiB written), then to the 1 GiB state (10 MiB differ).
@@ -162,7 +208,10 @@ pub async fn storage_benches() -> Result<()> {
         "restored disk is not v1: {out}"
     );
     println!("first exec after restore: {}", ms(t.elapsed()));
+    Ok(api)
+}
 
+async fn fs_benches(s: &TestServer, api: &Api) -> Result<()> {
     // Filesystem API throughput against cp on the host.
     let size: u64 = 256 << 20;
     let data: Vec<u8> = (0..size)

@@ -7,6 +7,9 @@ use std::time::Instant;
 
 use sprites_api::checkpoint::{self as ck, Checkpoint, StreamEvent};
 use sprites_api::{timefmt, ErrorCode};
+use sprites_storage::checkpoint::{PendingCheckpoint, CHUNK_SIZE};
+use sprites_storage::tracking::Snap;
+use sprites_storage::StorageError;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -22,6 +25,14 @@ fn now() -> String {
 
 async fn say(tx: &Progress, msg: impl Into<String>) {
     let _ = tx.send(StreamEvent::info(msg, now())).await;
+}
+
+/// What was done while the disk was still.
+enum Taken<'a> {
+    /// It was read: the snapshot is ready to commit.
+    Read(PendingCheckpoint<'a>),
+    /// It was cloned: the clone is read now.
+    Clone(Snap),
 }
 
 fn mib(b: u64) -> String {
@@ -211,12 +222,44 @@ impl Sprites {
         say(tx, format!("Creating checkpoint {id}...")).await;
         let spec = self.spec(rec);
         let started = Instant::now();
-        let pending = self
+        // On a filesystem with reflinks the disk is still only while it is cloned; otherwise
+        // while it is read.
+        let taken = self
             .runtime
-            .with_disk_still(&spec, || self.chunks.snapshot(&spec.disk))
+            .with_disk_still(&spec, || async {
+                let disk = spec.disk.clone();
+                match tokio::task::spawn_blocking(move || Snap::take(&disk))
+                    .await
+                    .map_err(|e| StorageError::Config(e.to_string()))??
+                {
+                    Some(snap) => Ok(Taken::Clone(snap)),
+                    None => self
+                        .chunks
+                        .snapshot(&spec.disk, None)
+                        .await
+                        .map(Taken::Read),
+                }
+            })
             .await?
             .map_err(storage_err)?;
         let still_ms = started.elapsed().as_millis();
+        let (pending, snap) = match taken {
+            Taken::Read(pending) => (pending, None),
+            Taken::Clone(snap) => {
+                let snap = Arc::new(snap);
+                let s = snap.clone();
+                let changes = tokio::task::spawn_blocking(move || s.changes(CHUNK_SIZE))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(storage_err)?;
+                let pending = self
+                    .chunks
+                    .snapshot(snap.path(), changes.as_ref())
+                    .await
+                    .map_err(storage_err)?;
+                (pending, Arc::into_inner(snap))
+            }
+        };
         let stats = pending.stats;
         let key = format!("manifests/{}/{id}.json", rec.id);
         let manifest = pending.commit(&key).await.map_err(storage_err)?;
@@ -251,6 +294,11 @@ impl Sprites {
         {
             let _ = self.chunks.remove(&key).await;
             return Err(e.into());
+        }
+        if let Some(snap) = snap {
+            if let Err(e) = snap.adopt(&key) {
+                tracing::warn!(sprite = %rec.id, "change tracking lost, the next checkpoint reads the whole disk: {e}");
+            }
         }
         say(
             tx,

@@ -30,16 +30,26 @@ fn last(lines: &[Value]) -> &Value {
     lines.last().expect("at least one line")
 }
 
-/// MiB of new chunks a create reported storing.
-fn stored_mib(lines: &[Value]) -> f64 {
+/// The MiB figure after `label` in a create's stats line ("read X MiB", "stored X MiB").
+fn stat_mib(lines: &[Value], label: &str) -> f64 {
     let l = lines
         .iter()
         .filter_map(|l| l["data"].as_str())
         .find(|d| d.contains("stored"))
         .unwrap_or_else(|| panic!("no stats line in {lines:?}"));
     eprintln!("{l}");
-    let after = l.split("stored ").nth(1).unwrap();
+    let after = l.split(label).nth(1).unwrap();
     after.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// MiB of new chunks a create reported storing.
+fn stored_mib(lines: &[Value]) -> f64 {
+    stat_mib(lines, "stored ")
+}
+
+/// MiB a create reported reading.
+fn read_mib(lines: &[Value]) -> f64 {
+    stat_mib(lines, "read ")
 }
 
 fn chunk_files(s: &TestServer) -> usize {
@@ -467,4 +477,68 @@ async fn recent_checkpoints_are_mounted_read_only() {
         )
         .await;
     assert_eq!(o.stdout, "v1 v2 v3 v4 v5 3\n", "{o:?}");
+}
+
+/// With the data dir on a filesystem with reflinks (XFS here), a checkpoint reads only what
+/// changed since the last one, and what it stores restores exactly.
+#[tokio::test]
+async fn tracked_checkpoints_read_only_what_changed() {
+    let vol = sprites_testing::XfsVolume::new(40).unwrap();
+    let s = TestServer::start_in(vol.path(), &[]).unwrap();
+    let api = Api::new(&s);
+    api.create("tr").await;
+    let sums = "sha256sum ~/blob ~/delta 2>/dev/null | cut -c1-16 | tr '\\n' ' '";
+    let o = api
+        .sh(
+            "tr",
+            &format!("head -c 128M /dev/urandom > ~/blob && sync && {sums}"),
+        )
+        .await;
+    let blob_only = o.stdout.clone();
+    assert_eq!(blob_only.len(), 17, "{o:?}");
+
+    let lines = stream(&api, "/v1/sprites/tr/checkpoint", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    let first = read_mib(&lines);
+    assert!(
+        first >= 128.0,
+        "no reference yet: the whole disk is read ({first} MiB)"
+    );
+
+    let o = api
+        .sh(
+            "tr",
+            &format!("head -c 4M /dev/urandom > ~/delta && sync && {sums}"),
+        )
+        .await;
+    let with_delta = o.stdout.clone();
+    assert_eq!(with_delta.len(), 34, "{o:?}");
+    let lines = stream(&api, "/v1/sprites/tr/checkpoint", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    let second = read_mib(&lines);
+    assert!(
+        second < 40.0,
+        "4 MiB written: only the changed chunks are read, not the {first} MiB disk ({lines:?})"
+    );
+    let stored = stored_mib(&lines);
+    assert!((4.0..40.0).contains(&stored), "{lines:?}");
+
+    // Both restore to exactly what they held, and tracking survives the restores.
+    let lines = stream(&api, "/v1/sprites/tr/checkpoints/v0/restore", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    assert_eq!(api.sh("tr", sums).await.stdout, blob_only);
+    let lines = stream(&api, "/v1/sprites/tr/checkpoints/v1/restore", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    assert_eq!(api.sh("tr", sums).await.stdout, with_delta);
+
+    api.sh("tr", "echo more > ~/more && sync").await;
+    let lines = stream(&api, "/v1/sprites/tr/checkpoint", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    assert!(read_mib(&lines) < 40.0, "{lines:?}");
+    api.sh("tr", "rm ~/more ~/blob && sync").await;
+    let lines = stream(&api, "/v1/sprites/tr/checkpoints/v2/restore", None).await;
+    assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    let o = api.sh("tr", &format!("cat ~/more; {sums}")).await;
+    assert_eq!(o.stdout, format!("more\n{with_delta}"), "{o:?}");
+    drop(s);
 }

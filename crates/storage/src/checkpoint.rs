@@ -12,8 +12,10 @@
 //! store, which is what makes reference counting in memory exact.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +25,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::tracking::Changes;
 use crate::{io_err, Result, StorageError};
 
 /// Bytes per chunk. Small enough that a scattered 10 MiB change touches few chunks, large
@@ -109,8 +112,79 @@ pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     /// Root folder when the store is local: flushed with `syncfs` before manifests are written.
     local_root: Option<PathBuf>,
+    reflinks: Reflinks,
     index: Arc<Mutex<Index>>,
     description: String,
+}
+
+/// Shares blocks between chunk files and disks instead of copying bytes, when the store is a
+/// local folder on a filesystem with reflinks and the disk is on the same one. Any failure
+/// falls back to copying; "not supported" turns sharing off for the store.
+#[derive(Clone)]
+struct Reflinks {
+    root: Option<PathBuf>,
+    works: Arc<AtomicBool>,
+}
+
+impl Reflinks {
+    fn chunk_path(&self, h: &Hash) -> Option<PathBuf> {
+        let root = self.root.as_ref()?;
+        self.works
+            .load(Ordering::Relaxed)
+            .then(|| root.join(chunk_key(h).as_ref()))
+    }
+
+    fn failed(&self, e: &std::io::Error) {
+        if crate::tracking::no_reflinks(e) {
+            self.works.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes the chunk file of `h` from `len` bytes at `off` of `src`; false if it could not.
+    fn store_chunk(&self, src: &std::fs::File, off: u64, len: u64, h: &Hash) -> bool {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let (Some(dest), Some(len)) = (self.chunk_path(h), NonZeroU64::new(len)) else {
+            return false;
+        };
+        // `#` marks a staging file, as the local object store's own writes do.
+        let tmp = PathBuf::from(format!(
+            "{}#clone-{}-{}",
+            dest.display(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let r = (|| {
+            std::fs::create_dir_all(dest.parent().expect("chunk paths have a folder"))?;
+            let f = std::fs::File::create(&tmp)?;
+            reflink_copy::ReflinkBlockBuilder::new(src, &f, len)
+                .from_offset(off)
+                .reflink_block()?;
+            std::fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            self.failed(&e);
+            return false;
+        }
+        true
+    }
+
+    /// Puts the blocks of chunk `h` (`len` bytes) into `dst` at `off`; false if it could not.
+    fn load_chunk(&self, h: &Hash, len: u64, dst: &std::fs::File, off: u64) -> bool {
+        let (Some(path), Some(len)) = (self.chunk_path(h), NonZeroU64::new(len)) else {
+            return false;
+        };
+        let r = std::fs::File::open(path).and_then(|src| {
+            reflink_copy::ReflinkBlockBuilder::new(&src, dst, len)
+                .to_offset(off)
+                .reflink_block()
+        });
+        if let Err(e) = r {
+            self.failed(&e);
+            return false;
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -163,6 +237,10 @@ impl ChunkStore {
     ) -> Self {
         Self {
             store,
+            reflinks: Reflinks {
+                root: local_root.clone(),
+                works: Arc::new(AtomicBool::new(true)),
+            },
             local_root,
             index: Default::default(),
             description,
@@ -237,9 +315,16 @@ impl ChunkStore {
     }
 
     /// Reads the disk at `disk` and uploads the chunks the store does not have yet. The disk
-    /// must not change until this returns (the caller freezes it); committing the result, which
-    /// may take longer, needs no freeze.
-    pub async fn snapshot(&self, disk: &Path) -> Result<PendingCheckpoint<'_>> {
+    /// must not change until this returns (the caller freezes it, or passes a clone);
+    /// committing the result, which may take longer, needs no freeze.
+    ///
+    /// With `since`, only the chunks it names are read; the others are taken from its base
+    /// manifest, which must describe the rest of the disk exactly (see [`crate::tracking`]).
+    pub async fn snapshot(
+        &self,
+        disk: &Path,
+        since: Option<&Changes>,
+    ) -> Result<PendingCheckpoint<'_>> {
         let guard = self.index.clone().lock_owned().await;
         let mut guard = guard;
         self.load(&mut guard).await?;
@@ -248,14 +333,43 @@ impl ChunkStore {
             .map_err(io_err(format!("opening disk {}", disk.display())))?;
         let size = file.metadata().map_err(io_err("reading disk size"))?.len();
         let file = Arc::new(file);
-        let indices = {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || data_chunks(&file, size))
-                .await
-                .map_err(|e| StorageError::Config(e.to_string()))??
+        let base = match since {
+            Some(ch) => match self.read_manifest(&ch.base).await {
+                Ok(m) if m.size == size && m.chunk_size == CHUNK_SIZE => Some((m, &ch.chunks)),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!("no tracked base, reading the whole disk: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut chunks = Vec::new();
+        let indices = match base {
+            Some((base, changed)) => {
+                let changed_set: HashSet<u64> = changed.iter().copied().collect();
+                let mut read = changed.clone();
+                for (i, h) in base.chunks {
+                    if changed_set.contains(&i) {
+                        continue;
+                    }
+                    match unhex(&h) {
+                        Some(hash) if guard.present.contains(&hash) => chunks.push((i, h)),
+                        _ => read.push(i),
+                    }
+                }
+                read.sort_unstable();
+                read.dedup();
+                read
+            }
+            None => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || data_chunks(&file, size))
+                    .await
+                    .map_err(|e| StorageError::Config(e.to_string()))??
+            }
         };
         let mut stats = Stats::default();
-        let mut chunks = Vec::new();
         let mut seen_new = HashSet::new();
         let mut uploads = futures::stream::FuturesUnordered::new();
         let mut hashed = futures::stream::iter(indices)
@@ -275,11 +389,18 @@ impl ChunkStore {
                 stats.chunks_transferred += 1;
                 stats.bytes_transferred += data.len() as u64;
                 let store = self.store.clone();
+                let (reflinks, src) = (self.reflinks.clone(), file.clone());
                 uploads.push(async move {
-                    store
-                        .put(&chunk_key(&h), PutPayload::from(data))
-                        .await
-                        .map(|_| h)
+                    let len = data.len() as u64;
+                    let shared = tokio::task::spawn_blocking(move || {
+                        reflinks.store_chunk(&src, i * CHUNK_SIZE, len, &h)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !shared {
+                        store.put(&chunk_key(&h), PutPayload::from(data)).await?;
+                    }
+                    Ok::<_, object_store::Error>(h)
                 });
                 while uploads.len() >= IO_PARALLEL {
                     let h = uploads
@@ -296,6 +417,7 @@ impl ChunkStore {
                 .present
                 .insert(r.map_err(store_err("uploading chunk"))?);
         }
+        chunks.sort_unstable_by_key(|(i, _)| *i);
         stats.chunks = chunks.len() as u64;
         tracing::debug!(?stats, elapsed = ?started.elapsed(), "disk snapshot read");
         Ok(PendingCheckpoint {
@@ -329,7 +451,14 @@ impl ChunkStore {
             .map(|(i, h)| {
                 let store = self.store.clone();
                 let file = file.clone();
-                write_chunk(store, file, h, i * chunk_size, "manifest")
+                write_chunk(
+                    store,
+                    self.reflinks.clone(),
+                    file,
+                    h,
+                    i * chunk_size,
+                    "manifest",
+                )
             })
             .buffer_unordered(IO_PARALLEL);
         while let Some(n) = writes.next().await {
@@ -440,6 +569,7 @@ impl ChunkStore {
         let mut writes = futures::stream::iter(plan.entries)
             .map(|(i, h)| {
                 let store = self.store.clone();
+                let reflinks = self.reflinks.clone();
                 let file = file.clone();
                 async move {
                     let off = i * chunk_size;
@@ -450,7 +580,7 @@ impl ChunkStore {
                             .map_err(|e| StorageError::Config(e.to_string()))??;
                         return Ok::<u64, StorageError>(0);
                     };
-                    write_chunk(store, file, h, off, "journal").await
+                    write_chunk(store, reflinks, file, h, off, "journal").await
                 }
             })
             .buffer_unordered(IO_PARALLEL);
@@ -589,6 +719,7 @@ impl PendingCheckpoint<'_> {
 /// it at `off`. Returns its length.
 async fn write_chunk(
     store: Arc<dyn ObjectStore>,
+    reflinks: Reflinks,
     file: Arc<std::fs::File>,
     h: String,
     off: u64,
@@ -609,6 +740,9 @@ async fn write_chunk(
             return Err(StorageError::Config(format!(
                 "chunk {h} in the object store is damaged"
             )));
+        }
+        if reflinks.load_chunk(&hash, n, &file, off) {
+            return Ok(());
         }
         file.write_all_at(&data, off)
             .map_err(io_err("writing restored disk"))
@@ -743,7 +877,7 @@ mod tests {
         write_at(&disk, 5 * CHUNK_SIZE, &pattern);
         write_at(&disk, (9 << 30) + 17, b"tail");
 
-        let p = store.snapshot(&disk).await.unwrap();
+        let p = store.snapshot(&disk, None).await.unwrap();
         assert_eq!(p.stats.chunks, 4);
         assert_eq!(p.stats.chunks_transferred, 4);
         // Only allocated regions are read: 4 chunks' worth, not 10 GiB.
@@ -752,7 +886,7 @@ mod tests {
 
         // One changed byte costs one chunk.
         write_at(&disk, 6 * CHUNK_SIZE + 3, b"X");
-        let p = store.snapshot(&disk).await.unwrap();
+        let p = store.snapshot(&disk, None).await.unwrap();
         assert_eq!(p.stats.chunks_transferred, 1);
         let m2 = p.commit("manifests/s/v1.json").await.unwrap();
         assert_eq!(store.counts().await.unwrap().0, 5);
@@ -790,7 +924,7 @@ mod tests {
             .unwrap();
         write_at(&disk, 0, &vec![1u8; 4 * CHUNK_SIZE as usize]);
         let m = store
-            .snapshot(&disk)
+            .snapshot(&disk, None)
             .await
             .unwrap()
             .commit("manifests/s/v0.json")
@@ -830,7 +964,7 @@ mod tests {
         let disk = dir.path().join("disk");
         std::fs::write(&disk, vec![7u8; CHUNK_SIZE as usize]).unwrap();
         let m = store
-            .snapshot(&disk)
+            .snapshot(&disk, None)
             .await
             .unwrap()
             .commit("manifests/s/v0.json")

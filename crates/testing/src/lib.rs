@@ -85,9 +85,14 @@ impl TestServer {
 
     /// Starts a server with extra `spritesd serve` flags (kept across restarts).
     pub fn start_with(extra: &[&str]) -> Result<Self> {
+        Self::start_in(Path::new("/tmp"), extra)
+    }
+
+    /// [`TestServer::start_with`] with the data dir in `parent` (an [`XfsVolume`], say).
+    pub fn start_in(parent: &Path, extra: &[&str]) -> Result<Self> {
         ensure_image()?;
         // Short path: agent socket paths must fit in 108 bytes.
-        let tmp = tempfile::Builder::new().prefix("sp").tempdir_in("/tmp")?;
+        let tmp = tempfile::Builder::new().prefix("sp").tempdir_in(parent)?;
         let data_dir = tmp.path().join("d");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home)?;
@@ -343,5 +348,55 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
         self.kill_sprites();
+    }
+}
+
+/// A fresh XFS filesystem (with reflinks) in a sparse file, loop-mounted; unmounted on drop.
+/// For the code paths that need a filesystem with reflinks when the host's is ext4.
+pub struct XfsVolume {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl XfsVolume {
+    /// Makes and mounts a volume of `size_gib` (sparse: costs what is written).
+    pub fn new(size_gib: u64) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("xfs").tempdir_in("/tmp")?;
+        let image = PathBuf::from(format!("{}.img", dir.path().display()));
+        std::fs::File::create(&image)?.set_len(size_gib << 30)?;
+        let out = Command::new("mkfs.xfs")
+            .args(["-q", "-f", "-m", "reflink=1"])
+            .arg(&image)
+            .output()
+            .context("running mkfs.xfs (install xfsprogs)")?;
+        if !out.status.success() {
+            bail!("mkfs.xfs: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path())
+            .output()?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&image);
+            bail!("mounting XFS: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self { dir, image })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for XfsVolume {
+    fn drop(&mut self) {
+        // Lazy: a sprite's loop device may still be letting go of its disk.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+        let _ = std::fs::remove_file(&self.image);
     }
 }

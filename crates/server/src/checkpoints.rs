@@ -8,7 +8,7 @@ use std::time::Instant;
 use sprites_api::checkpoint::{self as ck, Checkpoint, StreamEvent};
 use sprites_api::{timefmt, ErrorCode};
 use sprites_storage::checkpoint::{PendingCheckpoint, CHUNK_SIZE};
-use sprites_storage::tracking::Snap;
+use sprites_storage::tracking::{disk_changes, Changes, Snap};
 use sprites_storage::StorageError;
 use tokio::sync::mpsc;
 
@@ -29,10 +29,10 @@ async fn say(tx: &Progress, msg: impl Into<String>) {
 
 /// What was done while the disk was still.
 enum Taken<'a> {
-    /// It was read: the snapshot is ready to commit.
-    Read(PendingCheckpoint<'a>),
+    /// It was read: the snapshot is ready to commit, with the clone that tracks changes.
+    Read(PendingCheckpoint<'a>, Option<Snap>),
     /// It was cloned: the clone is read now.
-    Clone(Snap),
+    Clone(Snap, Option<Changes>),
 }
 
 fn mib(b: u64) -> String {
@@ -222,47 +222,57 @@ impl Sprites {
         say(tx, format!("Creating checkpoint {id}...")).await;
         let spec = self.spec(rec);
         let started = Instant::now();
-        // On a filesystem with reflinks the disk is still only while it is cloned; otherwise
-        // while it is read.
+        let local = self.chunks.is_local();
         let taken = self
             .runtime
             .with_disk_still(&spec, || async {
                 let disk = spec.disk.clone();
-                match tokio::task::spawn_blocking(move || Snap::take(&disk))
-                    .await
-                    .map_err(|e| StorageError::Config(e.to_string()))??
-                {
-                    Some(snap) => Ok(Taken::Clone(snap)),
+                let tracked = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+                    let Some(snap) = Snap::take(&disk)? else {
+                        return Ok(None);
+                    };
+                    let changes = snap.changes(CHUNK_SIZE)?;
+                    Ok(Some((snap, changes)))
+                })
+                .await
+                .map_err(|e| StorageError::Config(e.to_string()))??;
+                match tracked {
+                    // A local store: the changed chunks are read now, from the disk whose pages
+                    // are likely cached (the clone's are not), and stored by sharing blocks.
+                    Some((snap, changes)) if local => self
+                        .chunks
+                        .snapshot(&spec.disk, changes.as_ref())
+                        .await
+                        .map(|p| Taken::Read(p, Some(snap))),
+                    // A remote store: uploads happen from the clone, with the sprite running.
+                    Some((snap, changes)) => Ok(Taken::Clone(snap, changes)),
                     None => self
                         .chunks
                         .snapshot(&spec.disk, None)
                         .await
-                        .map(Taken::Read),
+                        .map(|p| Taken::Read(p, None)),
                 }
             })
             .await?
             .map_err(storage_err)?;
         let still_ms = started.elapsed().as_millis();
         let (pending, snap) = match taken {
-            Taken::Read(pending) => (pending, None),
-            Taken::Clone(snap) => {
-                let snap = Arc::new(snap);
-                let s = snap.clone();
-                let changes = tokio::task::spawn_blocking(move || s.changes(CHUNK_SIZE))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(storage_err)?;
+            Taken::Read(pending, snap) => (pending, snap),
+            Taken::Clone(snap, changes) => {
                 let pending = self
                     .chunks
                     .snapshot(snap.path(), changes.as_ref())
                     .await
                     .map_err(storage_err)?;
-                (pending, Arc::into_inner(snap))
+                (pending, Some(snap))
             }
         };
         let stats = pending.stats;
+        let read_ms = started.elapsed().as_millis() - still_ms;
         let key = format!("manifests/{}/{id}.json", rec.id);
+        let committing = Instant::now();
         let manifest = pending.commit(&key).await.map_err(storage_err)?;
+        let commit_ms = committing.elapsed().as_millis();
         let mut history: Vec<String> = Vec::new();
         if let Some(h) = &head.head {
             history.push(h.clone());
@@ -303,7 +313,7 @@ impl Sprites {
         say(
             tx,
             format!(
-                "Checkpoint {id}: read {} ({} chunks), stored {} new, disk still for {still_ms} ms, {} ms in all",
+                "Checkpoint {id}: read {} ({} chunks), stored {} new, disk still for {still_ms} ms, read for {read_ms} ms, committed in {commit_ms} ms, {} ms in all",
                 mib(stats.bytes_scanned),
                 stats.chunks,
                 mib(stats.bytes_transferred),
@@ -375,7 +385,17 @@ impl Sprites {
             .with_disk_replaced(&spec, || async {
                 say(tx, "Process stopped successfully").await;
                 say(tx, format!("Restoring from checkpoint {}...", ckpt.id)).await;
-                let r = self.chunks.restore_in_place(&manifest, &spec.disk).await;
+                let disk = spec.disk.clone();
+                // Tracking only narrows what is read; without it the whole disk is compared.
+                let since = tokio::task::spawn_blocking(move || disk_changes(&disk, CHUNK_SIZE))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+                let r = self
+                    .chunks
+                    .restore_in_place(&manifest, &spec.disk, since.as_ref())
+                    .await;
                 if let Ok(st) = &r {
                     say(
                         tx,

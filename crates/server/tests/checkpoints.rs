@@ -523,9 +523,18 @@ async fn tracked_checkpoints_read_only_what_changed() {
     let stored = stored_mib(&lines);
     assert!((4.0..40.0).contains(&stored), "{lines:?}");
 
-    // Both restore to exactly what they held, and tracking survives the restores.
+    // Both restore to exactly what they held, and tracking survives the restores. A restore
+    // reads only what moved since the reference too.
     let lines = stream(&api, "/v1/sprites/tr/checkpoints/v0/restore", None).await;
     assert_eq!(last(&lines)["type"], "complete", "{lines:?}");
+    let compared: f64 = lines
+        .iter()
+        .filter_map(|l| l["data"].as_str())
+        .find_map(|d| d.split("compared ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restore stats in {lines:?}"));
+    assert!(compared < 40.0, "{lines:?}");
     assert_eq!(api.sh("tr", sums).await.stdout, blob_only);
     let lines = stream(&api, "/v1/sprites/tr/checkpoints/v1/restore", None).await;
     assert_eq!(last(&lines)["type"], "complete", "{lines:?}");

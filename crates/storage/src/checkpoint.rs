@@ -247,6 +247,11 @@ impl ChunkStore {
         }
     }
 
+    /// Whether the store is a local folder (writes to it cost disk time, not network time).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Where the store is, for logs.
     pub fn description(&self) -> &str {
         &self.description
@@ -481,7 +486,15 @@ impl ChunkStore {
     /// disk before the disk is touched, so a crash in the middle is finished by
     /// [`ChunkStore::finish_restore`] at the next start: the disk ends up old (no journal yet)
     /// or new (journal replayed), never a mix. The disk must not be in use.
-    pub async fn restore_in_place(&self, manifest: &Manifest, disk: &Path) -> Result<Stats> {
+    ///
+    /// With `since` (the disk's changes against its tracked reference), only the chunks it
+    /// names are read; the rest of the disk is known from its base manifest.
+    pub async fn restore_in_place(
+        &self,
+        manifest: &Manifest,
+        disk: &Path,
+        since: Option<&Changes>,
+    ) -> Result<Stats> {
         if manifest.chunk_size != CHUNK_SIZE {
             return Err(StorageError::Config(format!(
                 "manifest chunk size {} is not {CHUNK_SIZE}",
@@ -496,14 +509,37 @@ impl ChunkStore {
         let size = file.metadata().map_err(io_err("reading disk size"))?.len();
         let file = Arc::new(file);
         let mut want: HashMap<u64, String> = manifest.chunks.iter().cloned().collect();
-        let current = {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || data_chunks(&file, size))
-                .await
-                .map_err(|e| StorageError::Config(e.to_string()))??
+        let mut entries: Vec<(u64, Option<String>)> = Vec::new();
+        let base = match since {
+            Some(ch) => match self.read_manifest(&ch.base).await {
+                Ok(m) if m.size == size && m.chunk_size == CHUNK_SIZE => Some((m, &ch.chunks)),
+                _ => None,
+            },
+            None => None,
+        };
+        let current = match base {
+            Some((base, changed)) => {
+                // Unchanged chunks hold what the base says; compare hashes without reading.
+                let changed_set: HashSet<u64> = changed.iter().copied().collect();
+                for (i, have) in base.chunks {
+                    if changed_set.contains(&i) {
+                        continue;
+                    }
+                    let target = want.remove(&i);
+                    if target.as_ref() != Some(&have) {
+                        entries.push((i, target));
+                    }
+                }
+                changed.clone()
+            }
+            None => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || data_chunks(&file, size))
+                    .await
+                    .map_err(|e| StorageError::Config(e.to_string()))??
+            }
         };
         let mut stats = Stats::default();
-        let mut entries: Vec<(u64, Option<String>)> = Vec::new();
         let mut hashed = futures::stream::iter(current)
             .map(|i| {
                 let file = file.clone();
@@ -519,7 +555,8 @@ impl ChunkStore {
                 entries.push((i, target));
             }
         }
-        // Chunks the target has where the current disk is a hole.
+        // Chunks the target has where the current disk is a hole. (With a base, an unchanged
+        // chunk it lacks is a hole too.)
         entries.extend(want.into_iter().map(|(i, h)| (i, Some(h))));
         entries.sort();
         let plan = RestorePlan {
@@ -934,7 +971,7 @@ mod tests {
         write_at(&disk, CHUNK_SIZE + 5, b"changed");
         write_at(&disk, 2 * CHUNK_SIZE, &vec![0u8; CHUNK_SIZE as usize]);
         write_at(&disk, 40 * CHUNK_SIZE, b"new data in a hole");
-        let st = store.restore_in_place(&m, &disk).await.unwrap();
+        let st = store.restore_in_place(&m, &disk, None).await.unwrap();
         assert_eq!(st.chunks_transferred, 2, "{st:?}"); // chunks 1 and 2 rewritten
         assert_eq!(
             read_at(&disk, 0, 4 * CHUNK_SIZE as usize),

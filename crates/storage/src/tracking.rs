@@ -88,38 +88,7 @@ impl Snap {
 
     /// Chunks that may differ from the reference, or `None` when there is no usable reference.
     pub fn changes(&self, chunk_size: u64) -> Result<Option<Changes>> {
-        let ref_path = with_suffix(&self.disk, ".ckpt-ref");
-        let Ok(raw) = std::fs::read(with_suffix(&self.disk, ".ckpt-ref.json")) else {
-            return Ok(None);
-        };
-        let Ok(rec) = serde_json::from_slice::<RefRecord>(&raw) else {
-            return Ok(None);
-        };
-        let (Ok(reference), Ok(snap)) = (
-            std::fs::File::open(&ref_path),
-            std::fs::File::open(&self.path),
-        ) else {
-            return Ok(None);
-        };
-        let (rm, sm) = (
-            reference
-                .metadata()
-                .map_err(io_err("reading the reference"))?,
-            snap.metadata().map_err(io_err("reading the clone"))?,
-        );
-        if rm.dev() != rec.dev
-            || rm.ino() != rec.ino
-            || rm.len() != rec.size
-            || sm.len() != rec.size
-        {
-            return Ok(None);
-        }
-        let a = extents(&snap)?;
-        let b = extents(&reference)?;
-        Ok(Some(Changes {
-            base: rec.manifest,
-            chunks: differing_chunks(&a, &b, rec.size, chunk_size),
-        }))
+        changes_against_ref(&self.disk, &self.path, chunk_size)
     }
 
     /// Makes this clone the reference for the next checkpoint, holding manifest `key`.
@@ -152,6 +121,42 @@ impl Drop for Snap {
     }
 }
 
+/// Chunks where `disk` itself (which must be still: its sprite stopped) differs from the
+/// reference, as for a restore; `None` when there is no usable reference.
+pub fn disk_changes(disk: &Path, chunk_size: u64) -> Result<Option<Changes>> {
+    changes_against_ref(disk, disk, chunk_size)
+}
+
+fn changes_against_ref(disk: &Path, file: &Path, chunk_size: u64) -> Result<Option<Changes>> {
+    let ref_path = with_suffix(disk, ".ckpt-ref");
+    let Ok(raw) = std::fs::read(with_suffix(disk, ".ckpt-ref.json")) else {
+        return Ok(None);
+    };
+    let Ok(rec) = serde_json::from_slice::<RefRecord>(&raw) else {
+        return Ok(None);
+    };
+    let (Ok(reference), Ok(file)) = (std::fs::File::open(&ref_path), std::fs::File::open(file))
+    else {
+        return Ok(None);
+    };
+    let (rm, fm) = (
+        reference
+            .metadata()
+            .map_err(io_err("reading the reference"))?,
+        file.metadata().map_err(io_err("reading the disk"))?,
+    );
+    if rm.dev() != rec.dev || rm.ino() != rec.ino || rm.len() != rec.size || fm.len() != rec.size {
+        return Ok(None);
+    }
+    // Flushed first, so blocks written but not yet placed get their final address.
+    let a = extents(&file)?;
+    let b = extents(&reference)?;
+    Ok(Some(Changes {
+        base: rec.manifest,
+        chunks: differing_chunks(&a, &b, rec.size, chunk_size),
+    }))
+}
+
 /// Whether an error says the filesystem (or the pair of files) cannot share blocks.
 pub(crate) fn no_reflinks(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
@@ -180,7 +185,7 @@ fn extents(file: &std::fs::File) -> Result<Vec<Extent>> {
         | F::NOT_ALIGNED
         | F::DATA_INLINE
         | F::DATA_TAIL;
-    let mut out: Vec<Extent> = fiemap::Fiemap::new(file)
+    let mut out: Vec<Extent> = fiemap::Fiemap::with_flags(file, fiemap::FiemapFlags::SYNC)
         .map(|e| {
             e.map(|e| Extent {
                 logical: e.fe_logical,

@@ -98,7 +98,21 @@ async fn only_written_chunks_are_read_and_the_manifest_matches_a_full_read() {
     tracked.commit("manifests/t/v1.json").await.unwrap();
     snap.adopt("manifests/t/v1.json").unwrap();
     let v0 = store.read_manifest("manifests/t/v0.json").await.unwrap();
-    let st = store.restore_in_place(&v0, &disk).await.unwrap();
+    // Against its reference (v1) the disk has not moved: the restore to v0 reads nothing and
+    // plans from the two manifests' hashes.
+    let since = sprites_storage::tracking::disk_changes(&disk, M)
+        .unwrap()
+        .unwrap();
+    assert_eq!(since.base, "manifests/t/v1.json");
+    assert_eq!(since.chunks, Vec::<u64>::new());
+    let st = store
+        .restore_in_place(&v0, &disk, Some(&since))
+        .await
+        .unwrap();
+    assert_eq!(
+        st.bytes_scanned, 0,
+        "nothing read: the disk is v1, known by hashes"
+    );
     assert_eq!(st.chunks_transferred, 2, "{st:?}"); // 5 and 10 written back; 40 punched
     let f = std::fs::File::open(&disk).unwrap();
     let restored_5 = fiemap::Fiemap::new(&f)

@@ -406,6 +406,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, cfg.data_dir.join("spritesd.addr"))?;
         tracing::info!(%addr, backend = backend_name, data_dir = %cfg.data_dir.display(), "spritesd ready");
+        if sprites_storage::tracking::supported(&cfg.data_dir) {
+            tracing::info!("checkpoints track changes by reflink: they cost what changed");
+        } else {
+            tracing::info!("the data dir's filesystem has no reflinks: checkpoints read every allocated chunk; put the data dir on XFS or btrfs to make them cost only what changed");
+        }
         // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

@@ -121,6 +121,17 @@ impl Drop for Snap {
     }
 }
 
+/// Whether files in `dir` can share blocks (the filesystem has reflinks), tried on a scratch
+/// file.
+pub fn supported(dir: &Path) -> bool {
+    let a = dir.join(".reflink-probe");
+    let b = dir.join(".reflink-probe.clone");
+    let ok = std::fs::write(&a, [1u8; 4096]).is_ok() && reflink_copy::reflink(&a, &b).is_ok();
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    ok
+}
+
 /// Chunks where `disk` itself (which must be still: its sprite stopped) differs from the
 /// reference, as for a restore; `None` when there is no usable reference.
 pub fn disk_changes(disk: &Path, chunk_size: u64) -> Result<Option<Changes>> {

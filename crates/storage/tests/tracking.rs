@@ -167,6 +167,7 @@ fn no_reflinks_means_no_clone() {
         eprintln!("/tmp is neither ext4 nor tmpfs; nothing to check");
         return;
     }
+    assert!(!sprites_storage::tracking::supported(dir.path()));
     assert!(Snap::take(&disk).unwrap().is_none());
     assert!(!dir.path().join("disk.ckpt-snap").exists());
 }

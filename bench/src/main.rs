@@ -49,6 +49,15 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if which == "relay" {
+        // Internal: a plain TCP relay process, the floor of any relaying hop (see network).
+        let mut args = std::env::args().skip(2);
+        let (listen, target) = (
+            args.next().unwrap_or_default(),
+            args.next().unwrap_or_default(),
+        );
+        return plain_relay(&listen, &target).await;
+    }
     if which == "all" || which == "exec" {
         exec_benches().await?;
     }
@@ -559,6 +568,25 @@ async fn tcp_figures(addr: &str, mib: usize, n: usize) -> Result<(f64, Duration)
     Ok((mib as f64 / secs, pct(rtts, 0.5)))
 }
 
+/// Accepts on `listen` and relays each connection to `target` with the same buffer sizes as
+/// spritesd and the CLI use, and nothing else.
+async fn plain_relay(listen: &str, target: &str) -> Result<()> {
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (mut a, _) = l.accept().await?;
+        let target = target.to_string();
+        tokio::spawn(async move {
+            if let Ok(mut b) = tokio::net::TcpStream::connect(&target).await {
+                let _ = a.set_nodelay(true);
+                let _ = b.set_nodelay(true);
+                let _ =
+                    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 256 << 10, 256 << 10)
+                        .await;
+            }
+        });
+    }
+}
+
 async fn wait_port(addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -652,6 +680,28 @@ async fn network_benches() -> Result<()> {
     let (dt, drtt) = tcp_figures(&direct_addr, mib, n).await?;
     let (pt, prtt) = tcp_figures(&proxy_addr, mib, n).await?;
     println!("TCP {mib} MiB upload: through sprite proxy {pt:.0} MiB/s, direct loopback {dt:.0} MiB/s, ratio {:.2}", pt / dt);
+    // The floor of the design: `sprite proxy` and the front door are two relaying processes
+    // however little they do. Two plain relay processes, on the same cores, in the same run.
+    let me = std::env::current_exe()?;
+    let (r1, r2) = (free_port()?, free_port()?);
+    let mut relays = Vec::new();
+    for (listen, target) in [
+        (r2, format!("127.0.0.1:{host_port}")),
+        (r1, format!("127.0.0.1:{r2}")),
+    ] {
+        relays.push(
+            std::process::Command::new(&me)
+                .args(["relay", &format!("127.0.0.1:{listen}"), &target])
+                .spawn()?,
+        );
+    }
+    wait_port(&format!("127.0.0.1:{r1}")).await?;
+    let (rt, _) = tcp_figures(&format!("127.0.0.1:{r1}"), mib, n).await?;
+    for mut r in relays {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    println!("TCP {mib} MiB upload through two plain relay processes (nothing but copying): {rt:.0} MiB/s, ratio {:.2} of loopback; sprite proxy reaches {:.2} of that", rt / dt, pt / rt);
     println!("TCP 1-byte round trip (n={n}, p50): through sprite proxy {}, direct loopback {}, ratio {:.1}x", ms(prtt), ms(drtt), prtt.as_secs_f64() / drtt.as_secs_f64());
 
     // Sprite URL latency vs the same request straight to a host server.

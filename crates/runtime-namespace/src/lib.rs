@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use nix::sched::CloneFlags;
 use sprites_runtime::{AgentStream, Backend, BackendError, BackendKind, SpriteSpec};
 
 use crate::cgroup::Cgroup;
@@ -166,6 +167,38 @@ fn unix_socket_ok(path: &Path) -> Result<(), BackendError> {
 impl Backend for NamespaceBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Namespace
+    }
+
+    async fn dial_loopback(
+        &self,
+        spec: &SpriteSpec,
+        port: u16,
+    ) -> Option<Result<tokio::net::TcpStream, BackendError>> {
+        let raw = std::fs::read(self.run_dir(&spec.id).join("launch.json")).ok()?;
+        let ns = serde_json::from_slice::<LaunchConfig>(&raw).ok()?.netns?;
+        // A socket belongs to the network namespace it is made in, whichever thread uses it
+        // later; namespaces are per thread, so a short-lived thread of its own makes it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let r = (|| {
+                let f = std::fs::File::open(&ns)?;
+                nix::sched::setns(std::os::fd::AsFd::as_fd(&f), CloneFlags::CLONE_NEWNET)?;
+                // "localhost", as the agent would resolve it: IPv4 first, then IPv6.
+                let s = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                    .or_else(|e| {
+                        std::net::TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port))
+                            .map_err(|_| e)
+                    })?;
+                s.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(s)
+            })();
+            let _ = tx.send(r);
+        });
+        let r = match rx.await {
+            Ok(r) => r.and_then(tokio::net::TcpStream::from_std),
+            Err(_) => Err(std::io::Error::other("dial thread ended")),
+        };
+        Some(r.map_err(BackendError::from))
     }
 
     async fn start(&self, spec: &SpriteSpec) -> Result<(), BackendError> {

@@ -116,6 +116,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens a new byte stream to the agent.
     async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError>;
 
+    /// A TCP connection to `port` on the sprite's own loopback, made from the host, for the
+    /// TCP proxy: one relay fewer than going through the agent. `None` where the backend
+    /// cannot (a microVM's loopback is in the guest kernel); callers then use the agent.
+    async fn dial_loopback(
+        &self,
+        _spec: &SpriteSpec,
+        _port: u16,
+    ) -> Option<Result<tokio::net::TcpStream, BackendError>> {
+        None
+    }
+
     /// Stops the sprite: processes end, the disk is flushed and released.
     async fn stop(&self, spec: &SpriteSpec) -> Result<(), BackendError>;
 

@@ -198,6 +198,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// [`Backend::dial_loopback`] on a running sprite (woken first).
+    pub async fn dial_loopback(
+        &self,
+        spec: &SpriteSpec,
+        port: u16,
+    ) -> Option<Result<tokio::net::TcpStream, BackendError>> {
+        if let Err(e) = self.ensure_running(spec).await {
+            return Some(Err(e));
+        }
+        self.backend.dial_loopback(spec, port).await
+    }
+
     /// Opens a stream to the sprite's agent, waking the sprite first. If the sprite died
     /// behind our back, it is marked cold and booted again once.
     pub async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError> {

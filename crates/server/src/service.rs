@@ -234,13 +234,20 @@ impl Sprites {
     /// Opens a stream to the agent of `name`, waking the sprite, and holds it awake until the
     /// returned [`Hold`] drops.
     pub async fn connect(&self, org: &Org, name: &str) -> Result<(AgentStream, Hold), ApiError> {
+        let (spec, hold) = self.wake(org, name).await?;
+        Ok((self.runtime.connect(&spec).await?, hold))
+    }
+
+    /// Boots the sprite if it is cold and keeps it awake while the [`Hold`] lives. (A warm
+    /// sprite is resumed by whatever reaches it next.)
+    pub async fn wake(&self, org: &Org, name: &str) -> Result<(SpriteSpec, Hold), ApiError> {
         let rec = self.find(org, name).await?;
         let spec = self.spec(&rec);
         let hold = self.runtime.hold(&spec);
         if self.runtime.state(&spec).await == State::Cold {
             self.boot(&rec).await?;
         }
-        Ok((self.runtime.connect(&spec).await?, hold))
+        Ok((spec, hold))
     }
 
     /// A policy document of `kind` (stored, or the default).

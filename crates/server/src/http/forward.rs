@@ -208,14 +208,70 @@ pub async fn fs(
     forward_area(&s, &org, &params, "fs", req).await
 }
 
-/// `GET /proxy`: the TCP proxy WebSocket (spec §5).
+/// `GET /proxy`: the TCP proxy WebSocket (spec §5), forwarded to the agent. Our own clients'
+/// raw `Upgrade: tcp` flavour to the sprite's loopback is served here instead where the
+/// backend can dial into the sprite (one relay fewer); other targets go through the agent,
+/// which resolves names and is subject to the sprite's egress policy.
 pub async fn proxy(
     State(s): State<AppState>,
     Extension(org): Extension<Org>,
     Path(name): Path<String>,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(port) = raw_loopback_target(&req) {
+        let (spec, hold) = s.wake(&org, &name).await?;
+        if let Some(dialed) = s.runtime.dial_loopback(&spec, port).await {
+            let tcp = dialed.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach localhost:{port}: {e}"),
+                )
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let _hold = hold;
+                if let Ok(up) = on_upgrade.await {
+                    let mut up = TokioIo::new(up);
+                    let mut tcp = tcp;
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut up,
+                        &mut tcp,
+                        256 << 10,
+                        256 << 10,
+                    )
+                    .await;
+                }
+            });
+            return Ok((
+                StatusCode::SWITCHING_PROTOCOLS,
+                [(header::CONNECTION, "upgrade"), (header::UPGRADE, "tcp")],
+            )
+                .into_response());
+        }
+    }
     forward(&s, &org, &name, "/proxy", req).await
+}
+
+/// The port of a raw (`Upgrade: tcp`) proxy request to the sprite's own loopback.
+fn raw_loopback_target(req: &Request) -> Option<u16> {
+    let raw = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
+    if !raw {
+        return None;
+    }
+    let q: Vec<(String, String)> = axum::extract::Query::try_from_uri(req.uri())
+        .ok()
+        .map(|q| q.0)?;
+    let get = |k: &str| q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str());
+    let host = get("host").unwrap_or("");
+    if !matches!(host, "" | "localhost") {
+        return None;
+    }
+    get("port")?.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
 /// `GET /ports/watch`: port notifications (spec §9.1).

@@ -396,6 +396,18 @@ impl Sprites {
                     .chunks
                     .restore_in_place(&manifest, &spec.disk, since.as_ref())
                     .await;
+                if r.is_ok() {
+                    // The stopped disk now holds exactly this manifest: the reference for the
+                    // next checkpoint, so it reads what changed after the restore only.
+                    let (disk, key) = (spec.disk.clone(), ckpt.manifest.clone());
+                    let adopted = tokio::task::spawn_blocking(move || {
+                        Snap::take(&disk)?.map(|s| s.adopt(&key)).transpose()
+                    })
+                    .await;
+                    if let Ok(Err(e)) = adopted {
+                        tracing::warn!(sprite = %rec.id, "change tracking lost: {e}");
+                    }
+                }
                 if let Ok(st) = &r {
                     say(
                         tx,

@@ -12,6 +12,7 @@ use std::io::Seek;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -291,29 +292,31 @@ async fn read(Query(qs): Query<Vec<(String, String)>>) -> Response {
     run.await.unwrap_or_else(|e| e.into_response())
 }
 
-/// How much of an upload is still read after it failed (see [`drain`]).
-const DRAIN_LIMIT: u64 = 256 << 20;
+/// How long the rest of a failed upload is still read (see [`drain`]), as a web server's
+/// lingering close does.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
 
-/// Reads what is left of a failed upload (up to [`DRAIN_LIMIT`]) before the error is answered:
-/// spritesd's forwarder, still sending the body, reports a broken body instead of relaying
-/// an answer that comes before the body was read.
+/// Reads what is left of a failed upload (for up to [`DRAIN_TIME`]) before the error is
+/// answered: closing with unread data resets the connection, and spritesd's forwarder, still
+/// sending the body, would then report a broken body instead of relaying the answer.
 async fn drain(body: Body) {
     let mut body = body.into_data_stream();
-    let mut read = 0u64;
-    while let Some(Ok(chunk)) = body.next().await {
-        read += chunk.len() as u64;
-        if read > DRAIN_LIMIT {
-            return;
-        }
-    }
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
 }
 
 /// [`drain`] for a body already turned into a blocking reader.
 pub(crate) fn drain_sync<R: std::io::Read>(reader: &mut R) {
-    let _ = std::io::copy(
-        &mut std::io::Read::take(reader, DRAIN_LIMIT),
-        &mut std::io::sink(),
-    );
+    let deadline = Instant::now() + DRAIN_TIME;
+    let mut buf = vec![0u8; 64 << 10];
+    while Instant::now() < deadline {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Marks the temporary file of a write (`.NAME.sprite-write-PID-N-NANOS`), which the watcher

@@ -149,6 +149,14 @@ async fn filesystem_operations_as_the_sprite_user() {
     );
     let (st, _) = write(&api, &[("path", "/x"), ("mode", "99")], vec![]).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A refused upload bigger than any buffer still gets its own answer, not a broken
+    // connection: the agent reads the rest before it answers.
+    let (st, e) = write(&api, &[("path", "/etc/too-big")], vec![7u8; 320 << 20]).await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("EACCES")),
+        "{e}"
+    );
 
     // rename, copy, chmod, chown, delete.
     let (st, v) = api.json(Method::POST, "/v1/sprites/f/fs/rename", Some(json!({"source": "notes/a.txt", "dest": "notes/b.txt", "workingDir": "/home/sprite"}))).await;

@@ -256,19 +256,21 @@ impl Sprites {
             .await?
             .map_err(storage_err)?;
         let still_ms = started.elapsed().as_millis();
-        let (pending, snap) = match taken {
-            Taken::Read(pending, snap) => (pending, snap),
+        // Where the reading happened, for the figures line.
+        let (pending, snap, read_when) = match taken {
+            Taken::Read(pending, snap) => (pending, snap, "while still".to_string()),
             Taken::Clone(snap, changes) => {
+                let reading = Instant::now();
                 let pending = self
                     .chunks
                     .snapshot(snap.path(), changes.as_ref())
                     .await
                     .map_err(storage_err)?;
-                (pending, Some(snap))
+                let ms = reading.elapsed().as_millis();
+                (pending, Some(snap), format!("from a clone in {ms} ms"))
             }
         };
         let stats = pending.stats;
-        let read_ms = started.elapsed().as_millis() - still_ms;
         let key = format!("manifests/{}/{id}.json", rec.id);
         let committing = Instant::now();
         let manifest = pending.commit(&key).await.map_err(storage_err)?;
@@ -313,7 +315,7 @@ impl Sprites {
         say(
             tx,
             format!(
-                "Checkpoint {id}: read {} ({} chunks), stored {} new, disk still for {still_ms} ms, read for {read_ms} ms, committed in {commit_ms} ms, {} ms in all",
+                "Checkpoint {id}: read {} {read_when} ({} chunks), stored {} new, disk still for {still_ms} ms, committed in {commit_ms} ms, {} ms in all",
                 mib(stats.bytes_scanned),
                 stats.chunks,
                 mib(stats.bytes_transferred),

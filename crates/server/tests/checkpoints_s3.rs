@@ -94,7 +94,10 @@ async fn checkpoints_in_s3() {
     std::env::set_var("AWS_REGION", "us-east-1");
     std::env::set_var("AWS_ENDPOINT", format!("http://127.0.0.1:{}", s3.port));
     std::env::set_var("AWS_ALLOW_HTTP", "true");
-    let s = TestServer::start_with(&["--object-store", "s3://sprites-ck/host1"]).unwrap();
+    // The data dir on XFS: the disk is cloned while still and uploaded from the clone with
+    // the sprite running (a remote store's uploads take network time).
+    let vol = sprites_testing::XfsVolume::new(40).unwrap();
+    let s = TestServer::start_in(vol.path(), &["--object-store", "s3://sprites-ck/host1"]).unwrap();
     let api = Api::new(&s);
     api.create("s3ck").await;
     api.sh(
@@ -163,6 +166,7 @@ async fn checkpoints_in_s3() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(stored < 20.0, "{text}");
+    assert!(text.contains("from a clone"), "{text}");
 
     // Deleting the sprite empties the bucket of its data.
     let (st, _) = api.json(Method::DELETE, "/v1/sprites/s3ck", None).await;

@@ -97,7 +97,7 @@ async fn microvm_sprites_through_the_api() {
             .unwrap_or_else(|| panic!("no stats: {text}"))
     };
     // Boots since v0 and the restore rewrote some (journal, logs), but far from all of it.
-    let (read, chunks) = (figure("read ", ' '), figure("MiB (", ' '));
+    let (read, chunks) = (figure("read ", ' '), figure(" (", ' '));
     assert!(read < chunks / 2.0, "tracked: {text}");
     let r = api
         .req(Method::POST, "/v1/sprites/vm/checkpoints/v0/restore")

@@ -1,17 +1,12 @@
-//! TCP inside the sprite: the `/proxy` WebSocket relay (spec §5) and the host-only raw dial
-//! the sprite URL uses.
+//! TCP inside the sprite: the raw `/proxy` dial behind spritesd's TCP proxy (spec §5) and the
+//! host-only raw dial the sprite URL uses.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use serde_json::json;
 use sprites_api::ErrorCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::server::error;
@@ -27,30 +22,20 @@ fn join(host: &str, port: u16) -> String {
     }
 }
 
-/// `GET /proxy` (WebSocket): `{"host","port"}` first, then a raw relay. Our own SDK may ask
-/// for `Upgrade: tcp` with `?host=&port=` instead: no framing at all, so much faster.
+/// `GET /proxy?host=&port=` with `Upgrade: tcp`: connects to the target inside the sprite
+/// (names resolved by the sprite's resolver, so its egress policy applies), then relays raw
+/// bytes. spritesd speaks the client-facing protocol (§5) and uses this for what it cannot
+/// dial itself.
 pub async fn proxy(Query(q): Query<Vec<(String, String)>>, req: Request) -> Response {
     let raw = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
-    if raw {
-        return raw_proxy(q, req).await;
+    if !raw {
+        return error(ErrorCode::BadRequest, "expected an Upgrade: tcp request");
     }
-    let (mut parts, _) = req.into_parts();
-    match <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(
-        &mut parts,
-        &(),
-    )
-    .await
-    {
-        Ok(ws) => ws.max_message_size(16 << 20).on_upgrade(relay_ws),
-        Err(e) => error(
-            ErrorCode::BadRequest,
-            format!("expected a WebSocket or an Upgrade: tcp request: {e}"),
-        ),
-    }
+    raw_proxy(q, req).await
 }
 
 async fn raw_proxy(q: Vec<(String, String)>, mut req: Request) -> Response {
@@ -96,117 +81,6 @@ async fn raw_proxy(q: Vec<(String, String)>, mut req: Request) -> Response {
         [(header::CONNECTION, "upgrade"), (header::UPGRADE, "tcp")],
     )
         .into_response()
-}
-
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-}
-
-async fn relay_ws(mut socket: WebSocket) {
-    let init = match tokio::time::timeout(Duration::from_secs(10), socket.recv()).await {
-        Ok(Some(Ok(Message::Text(t)))) => t,
-        _ => return close(&mut socket, 1003, "Expected JSON initialization message").await,
-    };
-    let v: serde_json::Value = match serde_json::from_str(&init) {
-        Ok(v) => v,
-        Err(e) => return close(&mut socket, 1003, &format!("Invalid JSON: {e}")).await,
-    };
-    let host = v["host"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .unwrap_or("localhost")
-        .to_string();
-    let port = v["port"]
-        .as_u64()
-        .or_else(|| v["port"].as_str().and_then(|p| p.parse().ok()));
-    let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else {
-        let _ = socket
-            .send(Message::Text(
-                json!({"status": "error", "error": "invalid port number"})
-                    .to_string()
-                    .into(),
-            ))
-            .await;
-        return close(&mut socket, 1003, "Invalid port number").await;
-    };
-    let target = join(&host, port);
-    let tcp = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let msg = json!({"status": "error", "target": target, "error": e.to_string()});
-            let _ = socket.send(Message::Text(msg.to_string().into())).await;
-            return close(
-                &mut socket,
-                1011,
-                &format!("Failed to connect to target: {e}"),
-            )
-            .await;
-        }
-        Err(_) => {
-            let msg = json!({"status": "error", "target": target, "error": "connection timed out"});
-            let _ = socket.send(Message::Text(msg.to_string().into())).await;
-            return close(&mut socket, 1011, "Failed to connect to target: timed out").await;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    if socket
-        .send(Message::Text(
-            json!({"status": "connected", "target": target})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let (mut rd, mut wr) = tcp.into_split();
-    let (mut tx, mut rx) = socket.split();
-    let up = async {
-        while let Some(Ok(m)) = rx.next().await {
-            match m {
-                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = tx
-            .send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
-    };
-    // Either side ending ends the relay.
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-    }
 }
 
 /// `GET /agent/v1/dial?port=N` (host only): upgrades to a raw byte stream connected to

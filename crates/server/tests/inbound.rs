@@ -333,3 +333,88 @@ async fn redis_cli_through_sprite_proxy() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+/// The WebSocket flavour every official SDK uses (spec §5): handshake, status, binary relay;
+/// the sprite's localhost (dialed by spritesd) and another address (through the agent) alike,
+/// and errors as a JSON status then a close.
+#[tokio::test]
+async fn websocket_proxy_protocol() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("wsp").await;
+    start_web(&api, "wsp", 8080, "over-ws").await;
+    let open = |init: serde_json::Value| {
+        let url = format!("{}/v1/sprites/wsp/proxy", s.url.replacen("http", "ws", 1));
+        let token = s.token.clone();
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            ws.send(Message::Text(init.to_string().into()))
+                .await
+                .unwrap();
+            let status = match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    serde_json::from_str::<serde_json::Value>(&t).unwrap()
+                }
+                other => panic!("no status: {other:?}"),
+            };
+            (ws, status)
+        }
+    };
+    for host in ["localhost", "10.0.0.1"] {
+        let (mut ws, status) = open(serde_json::json!({"host": host, "port": 8080})).await;
+        assert_eq!(status["status"], "connected", "{host}: {status}");
+        assert_eq!(status["target"], format!("{host}:8080"));
+        ws.send(Message::Binary(
+            b"GET /index.html HTTP/1.0\r\n\r\n".to_vec().into(),
+        ))
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) => got.extend_from_slice(&b),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.0 200") && got.ends_with("over-ws\n"),
+            "{host}: {got}"
+        );
+    }
+    // Nothing listens: a JSON error, then close 1011; the same through the agent.
+    for host in ["localhost", "10.0.0.1"] {
+        let (mut ws, status) = open(serde_json::json!({"host": host, "port": 9})).await;
+        assert_eq!(status["status"], "error", "{host}: {status}");
+        assert!(
+            status["error"].as_str().unwrap().contains("refused"),
+            "{host}: {status}"
+        );
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1011),
+            other => panic!("{host}: expected a close, got {other:?}"),
+        }
+    }
+    let (_, status) = open(serde_json::json!({"host": "localhost", "port": 0})).await;
+    assert_eq!(status["status"], "error", "{status}");
+    // An unknown sprite is a plain 404 before any upgrade.
+    let mut req = format!("{}/v1/sprites/nope/proxy", s.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", s.token).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {:?}", other.map(|_| ())),
+    }
+}

@@ -5,6 +5,7 @@ mod checkpoints;
 pub(crate) use checkpoints::ndjson;
 pub(crate) use sprites::json_body;
 mod forward;
+mod proxy;
 mod sprites;
 mod url;
 
@@ -49,7 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sprites/{name}/services", any(forward::services))
         .route("/sprites/{name}/services/{*rest}", any(forward::services))
         .route("/sprites/{name}/fs/{*rest}", any(forward::fs))
-        .route("/sprites/{name}/proxy", get(forward::proxy))
+        .route("/sprites/{name}/proxy", get(proxy::proxy))
         .route("/sprites/{name}/ports/watch", get(forward::ports_watch))
         .route(
             "/sprites/{name}/policy/{kind}",

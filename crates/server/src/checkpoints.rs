@@ -227,15 +227,21 @@ impl Sprites {
             .runtime
             .with_disk_still(&spec, || async {
                 let disk = spec.disk.clone();
-                let tracked = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-                    let Some(snap) = Snap::take(&disk)? else {
-                        return Ok(None);
-                    };
-                    let changes = snap.changes(CHUNK_SIZE)?;
-                    Ok(Some((snap, changes)))
+                let sprite = spec.id.clone();
+                // Tracking is an optimization: when it fails (a full filesystem cannot clone),
+                // the whole disk is read instead.
+                let tracked = tokio::task::spawn_blocking(move || {
+                    let r = Snap::take(&disk).and_then(|snap| match snap {
+                        Some(snap) => snap.changes(CHUNK_SIZE).map(|c| Some((snap, c))),
+                        None => Ok(None),
+                    });
+                    r.unwrap_or_else(|e| {
+                        tracing::warn!(%sprite, "no change tracking for this checkpoint: {e}");
+                        None
+                    })
                 })
                 .await
-                .map_err(|e| StorageError::Config(e.to_string()))??;
+                .map_err(|e| StorageError::Config(e.to_string()))?;
                 match tracked {
                     // A local store: the changed chunks are read now, from the disk whose pages
                     // are likely cached (the clone's are not), and stored by sharing blocks.

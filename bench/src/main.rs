@@ -602,6 +602,57 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A helper process, killed when this goes out of scope (also on an early error return).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Uploads `mib` MiB to the counting server on `port` in sprite `name` through the proxy's
+/// WebSocket protocol (spec §5) and checks the count. MiB/s.
+async fn ws_upload(s: &TestServer, name: &str, port: u16, mib: usize) -> Result<f64> {
+    use futures::SinkExt;
+    let url = format!(
+        "{}/v1/sprites/{name}/proxy",
+        s.url.replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", s.token).parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let init = serde_json::json!({"host": "localhost", "port": port});
+    ws.send(Message::Text(init.to_string().into())).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("connected") => {}
+        other => anyhow::bail!("proxy handshake: {other:?}"),
+    }
+    let block = bytes::Bytes::from(vec![0u8; 1 << 20]);
+    let t = Instant::now();
+    ws.send(Message::Binary(bytes::Bytes::from_static(b"s")))
+        .await?;
+    for _ in 0..mib {
+        ws.feed(Message::Binary(block.clone())).await?;
+    }
+    ws.send(Message::Binary(bytes::Bytes::from_static(&[0xff])))
+        .await?;
+    let mut reply = Vec::new();
+    while let Some(m) = ws.next().await {
+        match m? {
+            Message::Binary(b) => reply.extend_from_slice(&b),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let count: usize = String::from_utf8_lossy(&reply).trim().parse()?;
+    ensure!(count == (mib << 20) + 1, "sink counted {count}");
+    Ok(mib as f64 / secs)
+}
+
 /// Proxy throughput and round trip vs direct loopback; URL latency vs direct HTTP.
 async fn network_benches() -> Result<()> {
     let mib: usize = std::env::var("BENCH_PROXY_MIB")
@@ -638,24 +689,28 @@ async fn network_benches() -> Result<()> {
     let host_port = free_port()?;
     let host_file = s.data_dir.join("srv.py");
     std::fs::write(&host_file, TCP_SERVER)?;
-    let mut host_srv = std::process::Command::new("python3")
-        .arg(&host_file)
-        .arg(host_port.to_string())
-        .spawn()?;
+    let _host_srv = Reaped(
+        std::process::Command::new("python3")
+            .arg(&host_file)
+            .arg(host_port.to_string())
+            .spawn()?,
+    );
     let host_http_port = free_port()?;
-    let mut host_http = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &host_http_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&s.data_dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let _host_http = Reaped(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &host_http_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&s.data_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
     // `sprite proxy` itself.
     let home = s.home.clone();
     let cli = sprites_testing::bin_dir().join("sprite");
@@ -666,12 +721,14 @@ async fn network_benches() -> Result<()> {
         .output()?;
     ensure!(st.status.success(), "auth setup failed");
     let local = free_port()?;
-    let mut proxy = std::process::Command::new(&cli)
-        .env("HOME", &home)
-        .env("SPRITES_API_URL", &s.url)
-        .args(["proxy", "-s", "net", &format!("{local}:7000")])
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let _proxy = Reaped(
+        std::process::Command::new(&cli)
+            .env("HOME", &home)
+            .env("SPRITES_API_URL", &s.url)
+            .args(["proxy", "-s", "net", &format!("{local}:7000")])
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
     let direct_addr = format!("127.0.0.1:{host_port}");
     let proxy_addr = format!("127.0.0.1:{local}");
     wait_port(&direct_addr).await?;
@@ -689,19 +746,18 @@ async fn network_benches() -> Result<()> {
         (r2, format!("127.0.0.1:{host_port}")),
         (r1, format!("127.0.0.1:{r2}")),
     ] {
-        relays.push(
+        relays.push(Reaped(
             std::process::Command::new(&me)
                 .args(["relay", &format!("127.0.0.1:{listen}"), &target])
                 .spawn()?,
-        );
+        ));
     }
     wait_port(&format!("127.0.0.1:{r1}")).await?;
     let (rt, _) = tcp_figures(&format!("127.0.0.1:{r1}"), mib, n).await?;
-    for mut r in relays {
-        let _ = r.kill();
-        let _ = r.wait();
-    }
+    drop(relays);
     println!("TCP {mib} MiB upload through two plain relay processes (nothing but copying): {rt:.0} MiB/s, ratio {:.2} of loopback; sprite proxy reaches {:.2} of that", rt / dt, pt / rt);
+    let wt = ws_upload(&s, "net", 7000, mib).await?;
+    println!("TCP {mib} MiB upload over the proxy's WebSocket protocol (as the official SDKs speak it), from this process: {wt:.0} MiB/s, ratio {:.2} of loopback", wt / dt);
     println!("TCP 1-byte round trip (n={n}, p50): through sprite proxy {}, direct loopback {}, ratio {:.1}x", ms(prtt), ms(drtt), prtt.as_secs_f64() / drtt.as_secs_f64());
 
     // Sprite URL latency vs the same request straight to a host server.
@@ -742,9 +798,6 @@ async fn network_benches() -> Result<()> {
         ms(pct(d.clone(), 0.5)),
         ms(pct(d, 0.95))
     );
-    let _ = proxy.kill();
-    let _ = host_srv.kill();
-    let _ = host_http.kill();
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! Change tracking for checkpoints on filesystems with reflinks (XFS, btrfs).
 //!
 //! While the disk is still, it is cloned (`FICLONE`) to `<disk>.ckpt-snap`: a copy that costs
-//! no data, flushed by the clone itself. The sprite then runs again while the clone is read.
+//! no data, flushed by the clone itself. The changed chunks are then read, from the still disk
+//! (its pages are cached) or, for a remote store, from the clone with the sprite running again.
 //! Once its manifest is committed the clone becomes `<disk>.ckpt-ref`, recorded in
-//! `<disk>.ckpt-ref.json` with the manifest it holds.
+//! `<disk>.ckpt-ref.json` with the manifest it holds. A restore, which leaves the stopped disk
+//! exactly as a manifest says, makes a reference the same way.
 //!
 //! At the next checkpoint the new clone's extent map is compared with the reference's
 //! (`FIEMAP`). A block the sprite wrote since has been copied on write to a new place, so only
@@ -14,7 +16,8 @@
 //! place exactly) counts as changed, so the worst case is the full read this replaces.
 //!
 //! The reference keeps the blocks the sprite overwrote since the last checkpoint: the space
-//! cost of tracking is what changed since then.
+//! cost of tracking is what changed since then. Mapping costs time per extent (about 3.5 µs on
+//! XFS), so a badly fragmented disk maps about as slowly as it reads.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -319,6 +319,38 @@ impl ChunkStore {
         .map_err(|e| StorageError::Config(e.to_string()))?
     }
 
+    /// Which chunks of a disk of `size` must be read, and which are known without reading.
+    /// With a usable `since` (its base manifest exists and matches the disk's size): the
+    /// changed chunks, and the base's `(index, hash)` of every other non-zero chunk. Otherwise
+    /// every allocated chunk, and nothing known.
+    async fn chunks_to_read(
+        &self,
+        file: &Arc<std::fs::File>,
+        size: u64,
+        since: Option<&Changes>,
+    ) -> Result<(Vec<u64>, Vec<(u64, String)>)> {
+        if let Some(ch) = since {
+            match self.read_manifest(&ch.base).await {
+                Ok(m) if m.size == size && m.chunk_size == CHUNK_SIZE => {
+                    let changed: HashSet<u64> = ch.chunks.iter().copied().collect();
+                    let known = m
+                        .chunks
+                        .into_iter()
+                        .filter(|(i, _)| !changed.contains(i))
+                        .collect();
+                    return Ok((ch.chunks.clone(), known));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("no tracked base, reading the whole disk: {e}"),
+            }
+        }
+        let file = file.clone();
+        let all = tokio::task::spawn_blocking(move || data_chunks(&file, size))
+            .await
+            .map_err(|e| StorageError::Config(e.to_string()))??;
+        Ok((all, Vec::new()))
+    }
+
     /// Reads the disk at `disk` and uploads the chunks the store does not have yet. The disk
     /// must not change until this returns (the caller freezes it, or passes a clone);
     /// committing the result, which may take longer, needs no freeze.
@@ -338,42 +370,15 @@ impl ChunkStore {
             .map_err(io_err(format!("opening disk {}", disk.display())))?;
         let size = file.metadata().map_err(io_err("reading disk size"))?.len();
         let file = Arc::new(file);
-        let base = match since {
-            Some(ch) => match self.read_manifest(&ch.base).await {
-                Ok(m) if m.size == size && m.chunk_size == CHUNK_SIZE => Some((m, &ch.chunks)),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::debug!("no tracked base, reading the whole disk: {e}");
-                    None
-                }
-            },
-            None => None,
-        };
+        let (mut indices, unchanged) = self.chunks_to_read(&file, size, since).await?;
         let mut chunks = Vec::new();
-        let indices = match base {
-            Some((base, changed)) => {
-                let changed_set: HashSet<u64> = changed.iter().copied().collect();
-                let mut read = changed.clone();
-                for (i, h) in base.chunks {
-                    if changed_set.contains(&i) {
-                        continue;
-                    }
-                    match unhex(&h) {
-                        Some(hash) if guard.present.contains(&hash) => chunks.push((i, h)),
-                        _ => read.push(i),
-                    }
-                }
-                read.sort_unstable();
-                read.dedup();
-                read
+        for (i, h) in unchanged {
+            match unhex(&h) {
+                Some(hash) if guard.present.contains(&hash) => chunks.push((i, h)),
+                _ => indices.push(i),
             }
-            None => {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || data_chunks(&file, size))
-                    .await
-                    .map_err(|e| StorageError::Config(e.to_string()))??
-            }
-        };
+        }
+        indices.sort_unstable();
         let mut stats = Stats::default();
         let mut seen_new = HashSet::new();
         let mut uploads = futures::stream::FuturesUnordered::new();
@@ -510,35 +515,14 @@ impl ChunkStore {
         let file = Arc::new(file);
         let mut want: HashMap<u64, String> = manifest.chunks.iter().cloned().collect();
         let mut entries: Vec<(u64, Option<String>)> = Vec::new();
-        let base = match since {
-            Some(ch) => match self.read_manifest(&ch.base).await {
-                Ok(m) if m.size == size && m.chunk_size == CHUNK_SIZE => Some((m, &ch.chunks)),
-                _ => None,
-            },
-            None => None,
-        };
-        let current = match base {
-            Some((base, changed)) => {
-                // Unchanged chunks hold what the base says; compare hashes without reading.
-                let changed_set: HashSet<u64> = changed.iter().copied().collect();
-                for (i, have) in base.chunks {
-                    if changed_set.contains(&i) {
-                        continue;
-                    }
-                    let target = want.remove(&i);
-                    if target.as_ref() != Some(&have) {
-                        entries.push((i, target));
-                    }
-                }
-                changed.clone()
+        let (current, unchanged) = self.chunks_to_read(&file, size, since).await?;
+        // Unchanged chunks hold what the base says; compare hashes without reading.
+        for (i, have) in unchanged {
+            let target = want.remove(&i);
+            if target.as_ref() != Some(&have) {
+                entries.push((i, target));
             }
-            None => {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || data_chunks(&file, size))
-                    .await
-                    .map_err(|e| StorageError::Config(e.to_string()))??
-            }
-        };
+        }
         let mut stats = Stats::default();
         let mut hashed = futures::stream::iter(current)
             .map(|i| {

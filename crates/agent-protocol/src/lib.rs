@@ -114,3 +114,13 @@ pub const SPRITE_HOME: &str = "/home/sprite";
 
 /// Where the agent binaries appear inside a sprite.
 pub const AGENT_BIN_DIR: &str = "/.sprite/bin";
+
+/// A proxy target as `host:port`, IPv6 hosts in brackets: how the agent's raw `/proxy` dial
+/// names it in its "cannot reach TARGET: why" errors, which the host turns back into "why".
+pub fn proxy_target(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

@@ -6,21 +6,13 @@ use std::time::Duration;
 use axum::extract::{Query, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sprites_agent_protocol::proxy_target;
 use sprites_api::ErrorCode;
 use tokio::net::TcpStream;
 
 use crate::server::error;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `host:port`, with IPv6 hosts in brackets.
-fn join(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
 
 /// `GET /proxy?host=&port=` with `Upgrade: tcp`: connects to the target inside the sprite
 /// (names resolved by the sprite's resolver, so its egress policy applies), then relays raw
@@ -55,13 +47,13 @@ async fn raw_proxy(q: Vec<(String, String)>, mut req: Request) -> Response {
             Ok(Err(e)) => {
                 return error(
                     ErrorCode::Unavailable,
-                    format!("cannot reach {}: {e}", join(&host, port)),
+                    format!("cannot reach {}: {e}", proxy_target(&host, port)),
                 )
             }
             Err(_) => {
                 return error(
                     ErrorCode::Unavailable,
-                    format!("cannot reach {}: timed out", join(&host, port)),
+                    format!("cannot reach {}: timed out", proxy_target(&host, port)),
                 )
             }
         };

@@ -21,6 +21,7 @@ use futures::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use sprites_agent_protocol::proxy_target;
 use sprites_api::ErrorCode;
 use sprites_runtime::{Hold, SpriteSpec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -36,15 +37,6 @@ const BUF: usize = 256 << 10;
 /// A connection to the proxy's target.
 trait Target: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Target for T {}
-
-/// `host:port`, with IPv6 hosts in brackets.
-fn join(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
 
 fn is_loopback_name(host: &str) -> bool {
     matches!(host, "" | "localhost")
@@ -161,7 +153,7 @@ async fn open(
             .map(|e| e.message)
             .unwrap_or_else(|_| "the sprite refused the connection".into());
         // The agent says "cannot reach host:port: why"; the client already knows the target.
-        let prefix = format!("cannot reach {}: ", join(host, port));
+        let prefix = format!("cannot reach {}: ", proxy_target(host, port));
         return Err(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string());
     }
     let up = hyper::upgrade::on(&mut resp)
@@ -202,7 +194,7 @@ async fn relay_ws(s: AppState, spec: SpriteSpec, _hold: Hold, mut socket: WebSoc
         let _ = socket.send(Message::Text(msg.to_string().into())).await;
         return close(&mut socket, 1003, "Invalid port number").await;
     };
-    let target = join(&host, port);
+    let target = proxy_target(&host, port);
     let conn = match open(&s, &spec, &host, port).await {
         Ok(c) => c,
         Err(e) => {

@@ -101,11 +101,24 @@ pub fn command(req: &ExecRequest) -> tokio::process::Command {
     for (k, v) in &req.env {
         cmd.env(k, v);
     }
-    cmd.current_dir(req.dir.as_deref().unwrap_or(SPRITE_HOME));
+    let dir = req.dir.as_deref().unwrap_or(SPRITE_HOME);
+    cmd.current_dir(dir);
+    // Joining the jail's mount namespace moves the working directory to its root; made here,
+    // because nothing may allocate between fork and exec.
+    let cwd = std::ffi::CString::new(dir).unwrap_or_default();
+    let jail = crate::jail::fds();
     let groups = sprite_groups();
     // SAFETY: only async-signal-safe syscalls run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // First, while still the agent's root: into the programs' namespaces, out of
+            // reach of the agent's own (see jail.rs).
+            if !jail.is_empty() {
+                crate::jail::enter(&jail)?;
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::unistd::setsid()?;
             // Undo the agent's OOM protection for user programs (raising is always allowed).
             // Raw libc calls: no allocation between fork and exec.

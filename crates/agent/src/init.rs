@@ -7,6 +7,16 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 /// Runs as PID 1. Never returns.
 pub fn main() -> ! {
+    // Before any other process exists in the sprite: make the programs' namespaces and put
+    // the agent out of their reach. Without that the sprite's root could become the agent,
+    // so a failure stops the sprite rather than run it unprotected. A microVM's guest root
+    // owns its kernel by design; there the host's bounds are the protection.
+    if std::env::var_os(sprites_agent_protocol::VM_ENV_VAR).is_none() {
+        if let Err(e) = crate::jail::protect_self().and_then(|()| crate::jail::create()) {
+            eprintln!("init: cannot keep the sprite's programs away from the agent: {e}");
+            std::process::exit(1)
+        }
+    }
     let all = SigSet::all();
     if let Err(e) = all.thread_block() {
         eprintln!("init: blocking signals: {e}");

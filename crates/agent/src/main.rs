@@ -13,6 +13,7 @@ mod fsapi;
 mod fstar;
 mod hostcall;
 mod init;
+mod jail;
 mod ports;
 mod proxy;
 mod server;

@@ -87,6 +87,11 @@ fn host_listener() -> anyhow::Result<HostListener> {
     // SAFETY: the launcher leaves a bound, listening Unix socket on LISTEN_FD and nothing
     // else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+    // The launcher hands it over inheritable; no program the agent starts may hold it.
+    nix::fcntl::fcntl(
+        LISTEN_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
     std_listener.set_nonblocking(true)?;
     Ok(HostListener::Unix(tokio::net::UnixListener::from_std(
         std_listener,

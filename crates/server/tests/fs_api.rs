@@ -305,23 +305,17 @@ fn is(ev: &Value, path: &str, kind: &str) -> bool {
     ev["path"] == path && ev["event"] == kind
 }
 
-/// Runs `script` in the sprite as root and returns its stdout.
-async fn root_sh(api: &Api, name: &str, script: &str) -> String {
-    let o = api.exec(name, &["sudo", "sh", "-c", script]).await;
-    assert_eq!(o.code, Some(0), "{script}: {}", o.stderr);
-    o.stdout
-}
-
-/// The agent's pid in the sprite: the child of PID 1 running the agent binary.
-const AGENT_PID: &str = "for p in /proc/[0-9]*; do [ \"${p#/proc/}\" != 1 ] && \
-     grep -qa '^/.sprite/bin/sprite-agent' $p/cmdline 2>/dev/null && \
-     grep -q '^PPid:.1$' $p/status && echo ${p#/proc/}; done";
-
-async fn agent_inotify_fds(api: &Api, name: &str) -> usize {
-    let script = format!(
-        "for pid in $({AGENT_PID}); do ls -l /proc/$pid/fd; done | grep -c inotify || true"
-    );
-    root_sh(api, name, &script).await.trim().parse().unwrap()
+/// Inotify instances the agent of sprite `id` holds, looked at from the host (the sprite's
+/// own root cannot look at its agent).
+fn agent_inotify_fds(s: &TestServer, id: &str) -> usize {
+    let pid = s.agent_pid(id).expect("the agent's pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify"))
+        })
+        .count()
 }
 
 #[tokio::test]
@@ -329,9 +323,9 @@ async fn watch_reports_changes_including_new_directories() {
     let s = TestServer::start().unwrap();
     let api = Api::new(&s);
     // `write` above targets sprite "f".
-    api.create("f").await;
+    let id = api.create("f").await["id"].as_str().unwrap().to_string();
     api.sh("f", "mkdir -p /home/sprite/watched").await;
-    assert_eq!(agent_inotify_fds(&api, "f").await, 0);
+    assert_eq!(agent_inotify_fds(&s, &id), 0);
 
     let mut ws = watch(
         &s,
@@ -344,11 +338,7 @@ async fn watch_reports_changes_including_new_directories() {
         v,
         json!({"type": "subscribed", "paths": ["/home/sprite/watched"]})
     );
-    assert_eq!(
-        agent_inotify_fds(&api, "f").await,
-        1,
-        "one inotify instance"
-    );
+    assert_eq!(agent_inotify_fds(&s, &id), 1, "one inotify instance");
 
     // A write through the API is the target's create + write; its temp file stays hidden.
     let (st, _) = write(
@@ -419,7 +409,7 @@ async fn watch_reports_changes_including_new_directories() {
     drop(ws);
     let mut left = usize::MAX;
     for _ in 0..100 {
-        left = agent_inotify_fds(&api, "f").await;
+        left = agent_inotify_fds(&s, &id);
         if left == 0 {
             break;
         }
@@ -765,7 +755,7 @@ async fn tar_streams_without_holding_the_archive() {
     const FILE: u64 = 100 << 20;
     let s = TestServer::start().unwrap();
     let api = Api::new(&s);
-    api.create("m").await;
+    let id = api.create("m").await["id"].as_str().unwrap().to_string();
     // Two 100 MiB files, generated as the upload goes.
     let parts = ["one.bin", "two.bin"].into_iter().flat_map(|name| {
         let head = futures::stream::iter([Ok::<_, std::io::Error>(tar_header(
@@ -801,17 +791,13 @@ async fn tar_streams_without_holding_the_archive() {
         total += chunk.unwrap().len() as u64;
     }
     assert!(total > 2 * FILE, "the whole tree came back: {total}");
-    let peak = root_sh(
-        &api,
-        "m",
-        &format!("for pid in $({AGENT_PID}); do grep VmHWM /proc/$pid/status; done"),
-    )
-    .await;
-    let kib: u64 = peak
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("VmHWM of the agent: {peak:?}"));
+    let pid = s.agent_pid(&id).expect("the agent's pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("VmHWM of the agent: {status}"));
     assert!(
         kib < 64 << 10,
         "the agent's peak memory stayed far below the 200 MiB moved: {kib} KiB"

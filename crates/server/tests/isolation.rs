@@ -64,22 +64,29 @@ async fn sprites_are_isolated_from_each_other_and_the_host() {
         "server environment leaked: {}",
         o.stdout
     );
-    // Root inside maps to an unprivileged host range.
-    let o = api.sh("one", "cat /proc/self/uid_map").await;
-    let fields: Vec<u64> = o
-        .stdout
-        .split_whitespace()
-        .map(|f| f.parse().unwrap())
-        .collect();
-    assert_eq!(fields[0], 0);
-    assert!(
-        fields[1] >= 1_000_000_000,
-        "sprite root is host uid {}",
-        fields[1]
-    );
-    assert_eq!(fields[2], 65536);
-    let o2 = api.sh("two", "cat /proc/self/uid_map").await;
-    assert_ne!(o.stdout, o2.stdout, "each sprite has its own uid range");
+    // Root inside maps to an unprivileged host range (seen from the host: inside, the
+    // programs' user namespace is one level below the agent's, identity-mapped).
+    let mut ranges = Vec::new();
+    for name in ["one", "two"] {
+        let marker = format!("marker-uid-{name}");
+        api.sh(
+            name,
+            &format!("(sudo bash -c 'exec -a {marker} sleep 300' >/dev/null 2>&1 &)"),
+        )
+        .await;
+        let pid = find_process(&marker).unwrap_or_else(|| panic!("{marker} not found"));
+        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        let fields: Vec<u64> = map.split_whitespace().map(|f| f.parse().unwrap()).collect();
+        assert_eq!(fields[0], 0, "{map}");
+        assert!(
+            fields[1] >= 1_000_000_000,
+            "sprite root is host uid {}",
+            fields[1]
+        );
+        assert_eq!(fields[2], 65536);
+        ranges.push(fields[1]);
+    }
+    assert_ne!(ranges[0], ranges[1], "each sprite has its own uid range");
 
     // Root in the sprite cannot do what host root can.
     let o = api
@@ -123,6 +130,104 @@ async fn sprites_are_isolated_from_each_other_and_the_host() {
         )
         .await;
     assert!(!o.stdout.contains("agent.sock"), "{o:?}");
+}
+
+/// Host pid of the process whose command line starts with `marker`.
+fn find_process(marker: &str) -> Option<i32> {
+    for _ in 0..50 {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                if cmd.starts_with(marker.as_bytes()) {
+                    return Some(pid);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// As root in the sprite, the agent's processes (PID 1 and the agent proper) can be neither
+/// traced nor robbed of their descriptors (the host's channel), and no program inherits the
+/// channel: code in a sprite cannot stand in for its agent.
+#[tokio::test]
+async fn sprite_root_cannot_take_the_agent() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("target").await;
+    let probe = r#"
+import ctypes, json, os
+l = ctypes.CDLL(None, use_errno=True)
+l.syscall.restype = ctypes.c_long
+def errno_of(r):
+    return 0 if r >= 0 else ctypes.get_errno()
+agents = [p for p in os.listdir('/proc') if p.isdigit()
+          and open(f'/proc/{p}/stat').read().split(') ')[0].endswith('(sprite-agent')]
+out = {'agents': agents}
+for p in agents:
+    pid = int(p)
+    pfd = l.syscall(434, pid, 0)
+    out[f'pidfd_open {p}'] = errno_of(pfd)
+    if pfd >= 0:
+        out[f'getfd {p}'] = [errno_of(l.syscall(438, pfd, fd, 0)) for fd in range(0, 12)]
+    out[f'seize {p}'] = errno_of(l.ptrace(0x4206, pid, None, None))
+    # One iovec each way: the permission check comes before any address is looked at, so
+    # EPERM means refused, anything else (EFAULT, success) means reached.
+    buf = ctypes.create_string_buffer(8)
+    local = (ctypes.c_void_p * 2)(ctypes.cast(buf, ctypes.c_void_p), 8)
+    remote = (ctypes.c_void_p * 2)(0x10000, 8)
+    r = l.syscall(310, pid, local, 1, remote, 1, 0)
+    out[f'vm_read {p}'] = 1 if r < 0 and ctypes.get_errno() == 1 else 0
+    for f in ['ns/user', 'ns/mnt', 'environ', 'mem', 'fd/3']:
+        try:
+            open(f'/proc/{p}/{f}', 'rb').close()
+            out[f'{f} {p}'] = 0
+        except OSError as e:
+            out[f'{f} {p}'] = e.errno
+print(json.dumps(out))
+"#;
+    let o = api.exec("target", &["sudo", "python3", "-c", probe]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("probe output");
+    let agents = v["agents"].as_array().unwrap();
+    assert!(agents.len() >= 2, "PID 1 and the agent proper: {v}");
+    for (k, r) in v.as_object().unwrap() {
+        if k == "agents" {
+            continue;
+        }
+        let denied = |e: &serde_json::Value| e.as_i64().is_some_and(|e| e != 0);
+        let ok = match r {
+            serde_json::Value::Array(a) => a.iter().all(denied),
+            other => k.starts_with("pidfd_open") || denied(other),
+        };
+        assert!(ok, "sprite root reached the agent ({k} = {r}): {v}");
+    }
+    // No program holds the agent's listening socket.
+    let o = api
+        .sh("target", "for f in /proc/$$/fd/*; do readlink $f; done")
+        .await;
+    assert!(
+        !o.stdout.lines().any(|l| l.starts_with("socket:")),
+        "a program inherited a socket: {o:?}"
+    );
+    // The sprite keeps working as a machine of its own: its root can mount and trace its own
+    // programs.
+    let o = api
+        .sh(
+            "target",
+            "sudo mount -t tmpfs none /mnt && sudo touch /mnt/x && echo mounted; \
+             sleep 30 & sudo python3 -c \"import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); print('traced', l.ptrace(0x4206, int(sys.argv[1]), None, None))\" $!",
+        )
+        .await;
+    assert!(o.stdout.contains("mounted"), "{o:?}");
+    assert!(o.stdout.contains("traced 0"), "{o:?}");
+    assert_eq!(
+        api.exec("target", &["echo", "alive"]).await.stdout,
+        "alive\n"
+    );
 }
 
 #[tokio::test]

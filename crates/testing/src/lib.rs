@@ -241,6 +241,37 @@ impl TestServer {
         pids
     }
 
+    /// Host pid of the agent proper (PID 1's child running the agent) of sprite `id`, found
+    /// from its launcher. Inside, the sprite's root cannot look at the agent; the host can.
+    pub fn agent_pid(&self, id: &str) -> Option<i32> {
+        let short = id.strip_prefix("sprite-").unwrap_or(id);
+        let launcher =
+            std::fs::read_to_string(self.data_dir.join("run").join(short).join("launcher.pid"))
+                .ok()?;
+        let children = |pid: i32| -> Vec<i32> {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        };
+        let is_agent = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"/.sprite/bin/sprite-agent"))
+        };
+        // launcher (L1) -> C -> PID 1 (the agent binary as init) -> the agent proper.
+        let mut todo = vec![launcher.trim().parse::<i32>().ok()?];
+        while let Some(pid) = todo.pop() {
+            for c in children(pid) {
+                if is_agent(pid) && is_agent(c) {
+                    return Some(c);
+                }
+                todo.push(c);
+            }
+        }
+        None
+    }
+
     /// Kills every sprite this server started, by cgroup, and waits for their launchers.
     fn kill_sprites(&self) {
         let instance = instance_name(&self.data_dir);

@@ -56,18 +56,10 @@ fn to_json(name: &str, t: &Task) -> Value {
 /// `expire` as integer seconds or a duration string, at most [`MAX_EXPIRE`].
 fn parse_expire(v: &Value) -> Result<Duration, String> {
     let d = match v {
-        Value::Number(n) => {
-            let secs = n.as_f64().ok_or("expire must be a number of seconds")?;
-            if !(0.0..=1e9).contains(&secs) {
-                return Err("expire must be positive".into());
-            }
-            Duration::from_secs_f64(secs)
-        }
-        Value::String(s) => sprites_api::exec::parse_duration(s)?,
         Value::Null => {
             return Err("expire is required (seconds or a duration such as \"30m\")".into())
         }
-        _ => return Err("expire must be seconds or a duration string".into()),
+        v => sprites_api::duration::from_json(v).map_err(|e| format!("expire: {e}"))?,
     };
     if d.is_zero() {
         return Err("expire must be more than zero".into());
@@ -182,5 +174,8 @@ mod tests {
         assert!(parse_expire(&json!(0)).is_err());
         assert!(parse_expire(&json!(null)).is_err());
         assert!(parse_expire(&json!([1])).is_err());
+        for bad in [json!(1e20), json!(-1), json!("NaN"), json!(f64::MAX)] {
+            assert!(parse_expire(&bad).is_err(), "{bad}");
+        }
     }
 }

@@ -12,7 +12,9 @@ use axum::Json;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use sprites_api::exec::{ExecRequest, STREAM_EXIT, STREAM_STDIN, STREAM_STDIN_EOF};
+use sprites_api::exec::{
+    ControlMessage, ExecRequest, KillRequest, STREAM_EXIT, STREAM_STDIN, STREAM_STDIN_EOF,
+};
 use sprites_api::{ErrorCode, CAPABILITIES_HEADER};
 use tokio::sync::mpsc;
 
@@ -255,36 +257,16 @@ async fn handle_client_message(s: &Session, m: Message, stdin: bool) -> bool {
 }
 
 async fn control(s: &Session, raw: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
-        return;
-    };
-    match v["type"].as_str() {
-        Some("resize") => {
-            let cols = v["cols"].as_u64().and_then(|c| u16::try_from(c).ok());
-            let rows = v["rows"].as_u64().and_then(|r| u16::try_from(r).ok());
-            if let (Some(c), Some(r)) = (cols, rows) {
-                s.resize(c, r);
-            }
+    match ControlMessage::parse(raw) {
+        Some(ControlMessage::Resize { cols, rows }) => s.resize(cols, rows),
+        Some(ControlMessage::Signal(sig)) => {
+            s.signal(sig);
         }
-        Some("signal") => {
-            if let Some(sig) = v["signal"]
-                .as_str()
-                .and_then(sprites_api::signal::parse_signal)
-            {
-                s.signal(sig);
-            }
-        }
-        Some("stdin_eof") => {
+        Some(ControlMessage::StdinEof) => {
             let _ = s.input.send(Input::Eof).await;
         }
-        _ => {}
+        None => {}
     }
-}
-
-#[derive(serde::Deserialize, Default)]
-struct KillBody {
-    signal: Option<String>,
-    timeout: Option<serde_json::Value>,
 }
 
 /// `POST /exec/{id}/kill`: signal the process group, wait, escalate; NDJSON events.
@@ -300,27 +282,12 @@ pub async fn kill(
     if s.exit().is_some() {
         return error(ErrorCode::Gone, "exec session already exited");
     }
-    let b: KillBody = serde_json::from_slice(&body).unwrap_or_default();
-    let find = |k: &str| q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
-    let sig_name = find("signal")
-        .or(b.signal)
-        .unwrap_or_else(|| "SIGTERM".into());
-    let Some(sig) = sprites_api::signal::parse_signal(&sig_name) else {
-        return error(
-            ErrorCode::BadRequest,
-            format!("unknown signal {sig_name:?}"),
-        );
-    };
-    let timeout = match find("timeout").map(serde_json::Value::String).or(b.timeout) {
-        None => Duration::from_secs(10),
-        Some(serde_json::Value::Number(n)) => {
-            Duration::from_secs_f64(n.as_f64().unwrap_or(10.0).max(0.0))
-        }
-        Some(serde_json::Value::String(t)) => match sprites_api::exec::parse_duration(&t) {
-            Ok(d) => d,
-            Err(e) => return error(ErrorCode::BadRequest, e),
-        },
-        Some(_) => return error(ErrorCode::BadRequest, "timeout must be a duration"),
+    let KillRequest {
+        signal: sig,
+        timeout,
+    } = match KillRequest::parse(q.iter().map(|(k, v)| (k.as_str(), v.as_str())), &body) {
+        Ok(k) => k,
+        Err(e) => return error(ErrorCode::BadRequest, e),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::spawn(async move {

@@ -6,6 +6,10 @@
 
 use std::time::Duration;
 
+pub use crate::duration::parse_duration;
+use crate::duration::{format_duration, WireDuration};
+use crate::signal::{parse_signal, signal_name};
+
 /// Stream id of client stdin data.
 pub const STREAM_STDIN: u8 = 0x00;
 /// Stream id of stdout data.
@@ -157,47 +161,125 @@ impl ExecRequest {
     }
 }
 
-/// Parses a Go-style duration (`10s`, `1m30s`, `1.5s`, `250ms`, `0`). A bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return secs_to_duration(secs, s);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration {s:?}: missing unit"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
-        };
-        total += n * scale;
-        rest = tail;
-    }
-    secs_to_duration(total, s)
+/// Time `kill` waits for the process to exit before it sends SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /exec/{id}/kill` options (§3.4): in the query (Go, JS) or a JSON body (Python,
+/// `{"signal":"SIGINT","timeout":5}`); the query wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KillRequest {
+    /// Signal number, SIGTERM by default.
+    pub signal: i32,
+    /// How long to wait before SIGKILL; zero sends the signal only.
+    pub timeout: Duration,
 }
 
-fn secs_to_duration(secs: f64, s: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
-        return Err(format!("invalid duration {s:?}"));
+impl KillRequest {
+    /// Parses the query pairs and the body (empty, `null` or a JSON object).
+    pub fn parse<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: &[u8],
+    ) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default)]
+            signal: Option<serde_json::Value>,
+            #[serde(default)]
+            timeout: Option<WireDuration>,
+        }
+        let (mut signal, mut timeout) = (None, None);
+        for (k, v) in pairs {
+            match k {
+                "signal" if signal.is_none() => signal = Some(parse_signal_name(v)?),
+                "timeout" if timeout.is_none() => timeout = Some(parse_duration(v)?),
+                _ => {}
+            }
+        }
+        if !body.trim_ascii().is_empty() {
+            let b: Option<Body> = serde_json::from_slice(body)
+                .map_err(|e| format!("invalid kill request body: {e}"))?;
+            if let Some(b) = b {
+                if signal.is_none() {
+                    signal = match b.signal {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(serde_json::Value::String(s)) => Some(parse_signal_name(&s)?),
+                        Some(serde_json::Value::Number(n)) => {
+                            Some(parse_signal_name(&n.to_string())?)
+                        }
+                        Some(_) => return Err("signal must be a name or a number".into()),
+                    };
+                }
+                timeout = timeout.or(b.timeout.map(|t| t.0));
+            }
+        }
+        Ok(Self {
+            signal: signal.unwrap_or(15),
+            timeout: timeout.unwrap_or(DEFAULT_KILL_TIMEOUT),
+        })
     }
-    Ok(Duration::from_secs_f64(secs))
+
+    /// The query that asks for this request.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("signal", self.signal.to_string()),
+            ("timeout", format_duration(self.timeout)),
+        ]
+    }
+}
+
+fn parse_signal_name(s: &str) -> Result<i32, String> {
+    parse_signal(s).ok_or_else(|| format!("unknown signal {s:?}"))
+}
+
+/// A control message a client sends on the exec WebSocket: a text frame, or a binary frame
+/// starting with `{` (the JS dialect). Anything else is not a control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// `{"type":"resize","cols":C,"rows":R}`.
+    Resize {
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// `{"type":"signal","signal":"SIGINT"}`.
+    Signal(i32),
+    /// `{"type":"stdin_eof"}`.
+    StdinEof,
+}
+
+impl ControlMessage {
+    /// Parses one message; `None` for malformed or unknown ones, which are ignored.
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+        let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+        match v["type"].as_str()? {
+            "resize" => Some(Self::Resize {
+                cols: dim("cols")?,
+                rows: dim("rows")?,
+            }),
+            "signal" => v["signal"]
+                .as_str()
+                .and_then(parse_signal)
+                .map(Self::Signal),
+            "stdin_eof" => Some(Self::StdinEof),
+            _ => None,
+        }
+    }
+
+    /// The JSON a client sends for this message.
+    pub fn to_json(&self) -> serde_json::Value {
+        match *self {
+            Self::Resize { cols, rows } => {
+                serde_json::json!({"type": "resize", "cols": cols, "rows": rows})
+            }
+            Self::Signal(n) => serde_json::json!({
+                "type": "signal",
+                "signal": signal_name(n).unwrap_or_else(|| n.to_string()),
+            }),
+            Self::StdinEof => serde_json::json!({"type": "stdin_eof"}),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,15 +321,62 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5.0s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("10x").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn kill_requests() {
+        let k = KillRequest::parse([("signal", "INT"), ("timeout", "500ms")], b"").unwrap();
+        assert_eq!((k.signal, k.timeout), (2, Duration::from_millis(500)));
+        let k = KillRequest::parse([], br#"{"signal":"SIGINT","timeout":5}"#).unwrap();
+        assert_eq!((k.signal, k.timeout), (2, Duration::from_secs(5)));
+        let k =
+            KillRequest::parse([("signal", "KILL")], br#"{"signal":15,"timeout":null}"#).unwrap();
+        assert_eq!((k.signal, k.timeout), (9, DEFAULT_KILL_TIMEOUT));
+        let k = KillRequest::parse([], b" null ").unwrap();
+        assert_eq!((k.signal, k.timeout), (15, DEFAULT_KILL_TIMEOUT));
+        for (q, body) in [
+            ("", r#"{"timeout":1e20}"#),
+            ("", r#"{"timeout":-1}"#),
+            ("", r#"{"timeout":"NaN"}"#),
+            ("", r#"{"timeout":"inf"}"#),
+            ("", r#"{"timeout":true}"#),
+            ("", r#"{"signal":"BOGUS"}"#),
+            ("", r#"{"signal":[]}"#),
+            ("", "not json"),
+            ("1e20", ""),
+            ("-1", ""),
+            ("NaN", ""),
+        ] {
+            let pairs = (!q.is_empty()).then_some(("timeout", q));
+            assert!(
+                KillRequest::parse(pairs, body.as_bytes()).is_err(),
+                "{q:?} {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_messages() {
+        let m = ControlMessage::parse(br#"{"type":"resize","cols":120,"rows":40}"#);
+        assert_eq!(
+            m,
+            Some(ControlMessage::Resize {
+                cols: 120,
+                rows: 40
+            })
+        );
+        let m = ControlMessage::parse(br#"{"type":"signal","signal":"SIGINT"}"#);
+        assert_eq!(m, Some(ControlMessage::Signal(2)));
+        assert_eq!(
+            ControlMessage::parse(br#"{"type":"stdin_eof"}"#),
+            Some(ControlMessage::StdinEof)
+        );
+        for bad in [
+            r#"{"type":"resize","cols":70000,"rows":1}"#,
+            r#"{"type":"resize","cols":-1,"rows":1}"#,
+            r#"{"type":"signal","signal":"BOGUS"}"#,
+            r#"{"type":"keepalive"}"#,
+            r#"[1]"#,
+            "{",
+        ] {
+            assert_eq!(ControlMessage::parse(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

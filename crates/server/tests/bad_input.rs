@@ -1,0 +1,88 @@
+//! Malformed client input gets a 4xx in the API's JSON error shape, never a panic or a 503
+//! (issue 12, item 9).
+
+mod common;
+
+use common::{Api, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Asserts a `{"error","message"}` body with `status`.
+async fn assert_json_error(what: &str, resp: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(resp.status(), status, "{what}");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.unwrap();
+    assert!(ct.starts_with("application/json"), "{what}: {ct} {text:?}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e} {text:?}"));
+    assert!(
+        v["error"].is_string() && v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+    v
+}
+
+#[tokio::test]
+async fn kill_with_out_of_range_timeouts_is_a_400_and_the_agent_lives_on() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("k").await;
+    // A session that lives while its HTTP exec streams (the response is held, never read).
+    let _running = api
+        .req(Method::POST, "/v1/sprites/k/exec?cmd=sleep&cmd=300")
+        .send()
+        .await
+        .unwrap();
+    let (_, list) = api.json(Method::GET, "/v1/sprites/k/exec", None).await;
+    let id = list["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["command"] == "sleep 300"))
+        .and_then(|x| x["id"].as_str())
+        .unwrap_or_else(|| panic!("the sleep session: {list}"))
+        .to_string();
+    let kill = format!("/v1/sprites/k/exec/{id}/kill");
+    for body in [
+        r#"{"timeout":1e20}"#,
+        r#"{"timeout":-1}"#,
+        r#"{"timeout":"NaN"}"#,
+        r#"{"timeout":"inf"}"#,
+        r#"{"timeout":1.7976931348623157e308}"#,
+        r#"{"timeout":"100000000h"}"#,
+        r#"{"timeout":"1"#,
+    ] {
+        let r = api
+            .req(Method::POST, &kill)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let v = assert_json_error(body, r, StatusCode::BAD_REQUEST).await;
+        assert_eq!(v["error"], "bad_request", "{body}");
+    }
+    for q in ["1e20", "-1", "NaN", "-inf", "1e400s"] {
+        let r = api
+            .req(Method::POST, &kill)
+            .query(&[("timeout", q)])
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(q, r, StatusCode::BAD_REQUEST).await;
+    }
+    // The agent still answers, and the session is still there to kill properly.
+    let out = api.exec("k", &["echo", "alive"]).await;
+    assert_eq!(out.stdout, "alive\n");
+    let r = api
+        .req(Method::POST, &kill)
+        .query(&[("signal", "KILL"), ("timeout", "5s")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"exit_code\":137"), "{text}");
+}

@@ -44,6 +44,22 @@ impl ErrorCode {
         }
     }
 
+    /// The code for an error status that carries none: its own where there is one, else
+    /// `bad_request` for 4xx and `internal_error` for the rest.
+    pub fn for_status(status: u16) -> Self {
+        match status {
+            401 => ErrorCode::Unauthorized,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            409 => ErrorCode::Conflict,
+            410 => ErrorCode::Gone,
+            413 => ErrorCode::PayloadTooLarge,
+            503 => ErrorCode::Unavailable,
+            400..=499 => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        }
+    }
+
     /// The HTTP status that goes with the code.
     pub fn status(self) -> u16 {
         match self {
@@ -76,5 +92,29 @@ impl ErrorBody {
             error: code.as_str().to_string(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_for_statuses() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::Gone,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Internal,
+            ErrorCode::Unavailable,
+        ] {
+            assert_eq!(ErrorCode::for_status(code.status()), code);
+        }
+        assert_eq!(ErrorCode::for_status(415), ErrorCode::BadRequest);
+        assert_eq!(ErrorCode::for_status(502), ErrorCode::Internal);
     }
 }

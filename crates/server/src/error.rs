@@ -1,6 +1,9 @@
 //! The one place where failures become HTTP statuses and JSON error bodies (§11).
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::body::HttpBody as _;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sprites_api::{ErrorBody, ErrorCode};
@@ -41,6 +44,54 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
+}
+
+/// Longest text of a non-JSON error kept as its message.
+const ERROR_TEXT_MAX: usize = 1024;
+
+/// Gives every error response the JSON shape, keeping its status and headers: axum's own
+/// answers (extractor rejections, the default 405) and an agent's plain-text errors are text.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(resp.headers()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Only a short body, read briefly: it may come from a sprite's agent.
+    let mut text = String::new();
+    if body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= ERROR_TEXT_MAX as u64)
+    {
+        let read = axum::body::to_bytes(body, ERROR_TEXT_MAX);
+        if let Ok(Ok(b)) = tokio::time::timeout(Duration::from_secs(1), read).await {
+            text = String::from_utf8_lossy(&b).trim().to_string();
+        }
+    }
+    if text.is_empty() {
+        text = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let code = ErrorCode::for_status(status.as_u16());
+    let mut out = (status, Json(ErrorBody::new(code, text))).into_response();
+    for h in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(h);
+    }
+    out.headers_mut().extend(parts.headers);
+    out
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || m.ends_with("+json"))
 }
 
 impl From<crate::store::StoreError> for ApiError {

@@ -1,5 +1,5 @@
-//! Malformed client input gets a 4xx in the API's JSON error shape, never a panic or a 503
-//! (issue 12, item 9).
+//! Malformed client input gets a 4xx in the API's JSON error shape, never a panic, a 503 or
+//! plain text (issue 12, items 9 and 13).
 
 mod common;
 
@@ -85,4 +85,42 @@ async fn kill_with_out_of_range_timeouts_is_a_400_and_the_agent_lives_on() {
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();
     assert!(text.contains("\"exit_code\":137"), "{text}");
+}
+
+#[tokio::test]
+async fn every_error_is_json() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    let raw = |m: Method, path: &str| {
+        api.http
+            .request(m, format!("{}{path}", s.url))
+            .bearer_auth(&s.token)
+    };
+    // (what, method, path, content type and body, expected status)
+    #[rustfmt::skip]
+    let cases = [
+        ("bad UTF-8 in a path", Method::GET, "/v1/sprites/%C3%28", None, 400),
+        ("bad UTF-8, forwarded route", Method::POST, "/v1/sprites/a/exec/%FF/kill", None, 400),
+        ("duplicate query key", Method::GET, "/v1/sprites/a/checkpoints?history=1&history=2", None, 400),
+        ("bad number in a query", Method::GET, "/v1/sprites?max_results=many", None, 400),
+        ("malformed JSON body", Method::POST, "/v1/sprites", Some(("application/json", "{\"name\":")), 400),
+        ("wrong content type", Method::POST, "/v1/sprites", Some(("text/plain", "name=a")), 400),
+        ("WebSocket route, no upgrade", Method::GET, "/v1/sprites/a/proxy", None, 400),
+        ("unknown /v1 route", Method::GET, "/v1/nothing/here", None, 404),
+        ("unknown route", Method::GET, "/nothing", None, 404),
+        ("wrong method", Method::PATCH, "/v1/sprites", None, 405),
+        ("wrong method outside /v1", Method::POST, "/healthz", None, 405),
+    ];
+    for (what, m, path, body, status) in cases {
+        let mut req = raw(m, path);
+        if let Some((ct, b)) = body {
+            req = req.header("content-type", ct).body(b);
+        }
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_json_error(what, req.send().await.unwrap(), status).await;
+    }
+    // The rewrite keeps axum's headers.
+    let r = raw(Method::PUT, "/healthz").send().await.unwrap();
+    assert!(r.headers().contains_key("allow"), "405 keeps its Allow");
+    assert_json_error("PUT /healthz", r, StatusCode::METHOD_NOT_ALLOWED).await;
 }

@@ -91,6 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        // Inside `url::route`: a sprite URL answers what the sprite's app answers.
+        .layer(middleware::map_response(crate::error::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), url::route))
         .layer(middleware::map_response(version_header))
         .with_state(state)

@@ -1,13 +1,15 @@
 //! The per-sprite DNS resolver at 10.0.0.2: refuses names the policy blocks, forwards the rest
-//! upstream, and opens exactly the addresses it hands out to the sprite.
+//! upstream, and opens exactly the addresses it hands out to the sprite: A records of the asked
+//! name or of names its CNAME chain reaches, every one of them allowed. Queries come from a
+//! hostile sprite: one question per query, and only an upstream answer to that question counts.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::RData;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData};
 use tokio::net::UdpSocket;
 
 use crate::netns::{self, Plan, GATEWAY};
@@ -54,48 +56,172 @@ pub async fn serve(net: Arc<SpriteNet>, sock: UdpSocket, upstream: SocketAddr) {
     }
 }
 
-fn refused(q: &Message) -> Option<Vec<u8>> {
-    let mut r = Message::error_msg(q.metadata.id, q.metadata.op_code, ResponseCode::Refused);
+/// How long the upstream has to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest CNAME chain followed from the asked name.
+const MAX_CHAIN: usize = 8;
+
+fn reply(q: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut r = Message::error_msg(q.metadata.id, q.metadata.op_code, code);
     for query in &q.queries {
         r.add_query(query.clone());
     }
     r.to_vec().ok()
 }
 
+/// `name` as the policy matches it, or None when a label holds anything but letters, digits,
+/// `-` and `_` (a label with a dot or NUL in it would print as another name).
+fn policy_name(name: &Name) -> Option<String> {
+    let mut labels = Vec::new();
+    for l in name.iter() {
+        if l.is_empty()
+            || !l
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(c))
+        {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(l).to_ascii_lowercase());
+    }
+    (!labels.is_empty()).then(|| labels.join("."))
+}
+
+fn allowed(net: &SpriteNet, name: &Name) -> Option<String> {
+    policy_name(name).filter(|n| net.allows(n))
+}
+
 async fn answer(net: &SpriteNet, query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
-    let name = q.queries.first().map(|x| x.name().to_utf8())?;
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if !net.allows(&name) {
-        tracing::debug!(id = %net.plan.id, %name, "DNS refused by policy");
-        return refused(&q);
+    if q.metadata.message_type != MessageType::Query {
+        return None;
     }
-    let sock = UdpSocket::bind("0.0.0.0:0").await.ok()?;
-    sock.send_to(query, upstream).await.ok()?;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let resp = buf[..n].to_vec();
-    if let Ok(m) = Message::from_vec(&resp) {
-        let addrs: Vec<Ipv4Addr> = m
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect();
-        if !addrs.is_empty() {
-            net.resolved(&name, &addrs);
-            if !net.is_open() {
-                let plan = net.plan.clone();
-                let a = addrs.clone();
-                // The addresses must be open before the sprite gets the answer.
-                let _ = tokio::task::spawn_blocking(move || netns::allow(&plan, &a)).await;
-            }
+    if q.metadata.op_code != OpCode::Query {
+        return reply(&q, ResponseCode::NotImp);
+    }
+    // More than one question would let a denied name ride on an allowed one.
+    let [question] = q.queries.as_slice() else {
+        return reply(&q, ResponseCode::FormErr);
+    };
+    if allowed(net, question.name()).is_none() {
+        tracing::debug!(id = %net.plan.id, name = %question.name(), "DNS refused by policy");
+        return reply(&q, ResponseCode::Refused);
+    }
+    let Some(mut resp) = ask_upstream(&q, upstream).await else {
+        return reply(&q, ResponseCode::ServFail);
+    };
+    let Some(opened) = vet(net, question, &mut resp) else {
+        tracing::debug!(id = %net.plan.id, name = %question.name(), "DNS answer leads to a denied name");
+        return reply(&q, ResponseCode::Refused);
+    };
+    resp.metadata.id = q.metadata.id;
+    let addrs: Vec<Ipv4Addr> = opened.iter().flat_map(|(_, a)| a.iter().copied()).collect();
+    if !addrs.is_empty() {
+        for (name, a) in &opened {
+            net.resolved(name, a);
+        }
+        if !net.is_open() {
+            let plan = net.plan.clone();
+            // The addresses must be open before the sprite gets the answer.
+            let _ = tokio::task::spawn_blocking(move || netns::allow(&plan, &addrs)).await;
         }
     }
-    Some(resp)
+    resp.to_vec().ok()
+}
+
+/// Sends `q` upstream under an id of our own (the sprite knows its id, an accomplice outside
+/// would only have to guess the port) and waits for the answer to exactly that question, from
+/// exactly that address.
+async fn ask_upstream(q: &Message, upstream: SocketAddr) -> Option<Message> {
+    let mut out = q.clone();
+    out.metadata.id = random_id();
+    let local: SocketAddr = if upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local).await.ok()?;
+    // Connected: the kernel drops datagrams from any other address.
+    sock.connect(upstream).await.ok()?;
+    sock.send(&out.to_vec().ok()?).await.ok()?;
+    let sent = &out.queries[0];
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    loop {
+        let (n, from) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let Ok(m) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let matches = from == upstream
+            && m.metadata.id == out.metadata.id
+            && m.metadata.message_type == MessageType::Response
+            && m.metadata.op_code == OpCode::Query
+            && matches!(m.queries.as_slice(), [a] if a.name() == sent.name()
+                && a.query_type() == sent.query_type()
+                && a.query_class() == sent.query_class());
+        if matches {
+            return Some(m);
+        }
+    }
+}
+
+fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: writes at most b.len() bytes into b. Reads of up to 256 bytes do not fail.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u16::from_ne_bytes(b)
+}
+
+/// Keeps only the answer records for the asked name and the names its CNAME chain reaches,
+/// each of which must be allowed, drops the additional section (glue for other names), and
+/// returns the IPv4 addresses to open by owner name. AAAA records go too: IPv6 is off in
+/// sprite networks (see `netns::ipv6_off`). None when the chain reaches a denied name.
+fn vet(
+    net: &SpriteNet,
+    question: &Query,
+    resp: &mut Message,
+) -> Option<Vec<(String, Vec<Ipv4Addr>)>> {
+    let mut chain = vec![question.name().clone()];
+    let mut links = Vec::new();
+    while chain.len() <= MAX_CHAIN {
+        let cur = chain.last()?;
+        let next = resp
+            .answers
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| match &r.data {
+                RData::CNAME(c) if r.name == *cur => Some((i, c.0.clone())),
+                _ => None,
+            });
+        let Some((i, target)) = next else { break };
+        if chain.contains(&target) {
+            break;
+        }
+        allowed(net, &target)?;
+        links.push(i);
+        chain.push(target);
+    }
+    let mut opened: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
+    let answers = std::mem::take(&mut resp.answers);
+    for (i, r) in answers.into_iter().enumerate() {
+        let keep = match &r.data {
+            RData::CNAME(_) => links.contains(&i),
+            RData::AAAA(_) => false,
+            _ => chain.contains(&r.name),
+        };
+        if !keep {
+            continue;
+        }
+        if let (RData::A(a), Some(owner)) = (&r.data, policy_name(&r.name)) {
+            match opened.iter_mut().find(|(n, _)| *n == owner) {
+                Some((_, v)) => v.push(a.0),
+                None => opened.push((owner, vec![a.0])),
+            }
+        }
+        resp.answers.push(r);
+    }
+    resp.additionals.clear();
+    Some(opened)
 }

@@ -258,9 +258,9 @@ fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), NetError> {
     feed(cmd, "ip -batch", &(lines.join("\n") + "\n"))
 }
 
-/// Runs `f` on a short-lived thread inside network namespace `ns`: `/proc/sys/net` writes and
-/// child processes it starts apply to that namespace.
-fn in_netns<T: Send + 'static>(
+/// Runs `f` on a short-lived thread inside network namespace `ns`: `/proc/sys/net` writes,
+/// sockets it makes and child processes it starts belong to that namespace.
+pub fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {

@@ -384,15 +384,23 @@ async fn sessions_survive_a_server_restart() {
 async fn a_client_that_never_reads_costs_bounded_memory() {
     let s = TestServer::start().unwrap();
     let api = Api::new(&s);
-    api.create("slow").await;
+    let created = api.create("slow").await;
     let (_ws, _) = connect(
         &s,
         "/v1/sprites/slow/exec?cmd=yes&max_run_after_disconnect=0",
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let o = api.sh("slow", "ps -o rss= -p 2").await;
-    let rss_kb: u64 = o.stdout.trim().parse().unwrap();
+    // Read from the host: the sprite's own root cannot look at its agent.
+    let pid = s
+        .agent_pid(created["id"].as_str().unwrap())
+        .expect("the agent's pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in the agent's status");
     assert!(
         rss_kb < 64 * 1024,
         "agent RSS {rss_kb} KiB with an unread stream"

@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sprites_agent_protocol::proxy_target;
@@ -143,15 +142,10 @@ async fn open(
         .await
         .map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = serde_json::from_slice::<sprites_api::ErrorBody>(&body)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| "the sprite refused the connection".into());
+        let msg = sprites_runtime::agent::error_message(resp.into_body(), || {
+            "the sprite refused the connection".into()
+        })
+        .await;
         // The agent says "cannot reach host:port: why"; the client already knows the target.
         let prefix = format!("cannot reach {}: ", proxy_target(host, port));
         return Err(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string());

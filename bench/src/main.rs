@@ -30,7 +30,7 @@ mod storage;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use sprites_testing::TestServer;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -768,8 +768,14 @@ async fn network_benches() -> Result<()> {
         .send()
         .await?;
     ensure!(r.status() == 200);
+    let sprite: serde_json::Value = r.json().await?;
+    let host = sprite["url"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://")?.split(':').next())
+        .context("the sprite's URL")?
+        .to_string();
+    let host = host.as_str();
     let addr: std::net::SocketAddr = s.url.trim_start_matches("http://").parse()?;
-    let host = "net-personal.sprites.localhost";
     let url_client = reqwest::Client::builder().resolve(host, addr).build()?;
     let sprite_url = format!("http://{host}:{}/", addr.port());
     let direct_url = format!("http://127.0.0.1:{host_http_port}/");

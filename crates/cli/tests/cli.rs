@@ -118,7 +118,10 @@ fn everyday_commands() {
     assert_eq!(ok(&s, &["exec", "--", "whoami"]), "sprite\n");
     let out = ok(&s, &["url"]);
     assert!(
-        out.contains("box-personal.sprites.localhost") && out.contains("Auth: sprite"),
+        out.contains(&format!(
+            "box-{}.sprites.localhost",
+            s.token.split('/').nth(1).unwrap()
+        )) && out.contains("Auth: sprite"),
         "{out}"
     );
     assert!(ok(&s, &["url", "update", "--auth", "public"]).contains("Auth: public"));

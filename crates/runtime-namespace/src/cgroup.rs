@@ -11,6 +11,27 @@ use std::time::{Duration, Instant};
 const ROOT: &str = "/sys/fs/cgroup";
 const V1_CONTROLLERS: &[&str] = &["memory", "pids", "freezer"];
 
+/// Caps the processes of every sprite of server `instance` together, so that sprites can
+/// never take the host's last process ids (each sprite has its own limit below this one).
+pub fn limit_instance(instance: &str, pids: u64) -> io::Result<()> {
+    let root = Path::new(ROOT);
+    let rel = Path::new("sprites").join(instance);
+    let dir = if root.join("cgroup.controllers").exists() {
+        let mut d = root.to_path_buf();
+        for part in rel.iter() {
+            let _ = std::fs::write(d.join("cgroup.subtree_control"), "+memory +pids");
+            d.push(part);
+            std::fs::create_dir_all(&d)?;
+        }
+        d
+    } else {
+        let d = root.join("pids").join(rel);
+        std::fs::create_dir_all(&d)?;
+        d
+    };
+    std::fs::write(dir.join("pids.max"), pids.to_string())
+}
+
 /// The cgroup(s) of one sprite.
 #[derive(Debug, Clone)]
 pub struct Cgroup {

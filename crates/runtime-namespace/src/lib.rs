@@ -40,6 +40,8 @@ pub struct NamespaceConfig {
     pub cgroup_instance: String,
     /// Sprite networking (veth, NAT, DNS policy); `None` gives sprites loopback only.
     pub network: Option<std::sync::Arc<sprites_network::Network>>,
+    /// Processes all sprites of this server may have together (the cgroup above them).
+    pub pids_total: Option<u64>,
 }
 
 /// The namespace backend.
@@ -56,6 +58,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 impl NamespaceBackend {
     /// A backend with `cfg`.
     pub fn new(cfg: NamespaceConfig) -> Self {
+        if let Some(n) = cfg.pids_total {
+            if let Err(e) = cgroup::limit_instance(&cfg.cgroup_instance, n) {
+                tracing::warn!("limiting the processes of all sprites to {n}: {e}");
+            }
+        }
         Self {
             cfg,
             paused_for_freeze: Default::default(),

@@ -1,6 +1,6 @@
 //! The seccomp filter every sprite process runs under: a deny list of syscalls that reach
 //! kernel surface a sandbox has no use for (modules, kexec, BPF, perf, keyrings, handle-based
-//! opens, the new mount API). Denied calls fail with `EPERM` instead of killing the caller, so
+//! opens, the new mount API, io_uring). Denied calls fail with `EPERM` instead of killing the caller, so
 //! well-behaved programs that probe for features keep working.
 
 use std::collections::BTreeMap;
@@ -45,6 +45,12 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_uselib,
     libc::SYS_personality,
     libc::SYS_vhangup,
+    // io_uring: a second syscall interface with its own large kernel surface and a long
+    // record of privilege escalations; Docker's default profile and ChromeOS refuse it too.
+    // Programs that use it (tokio-uring, libuv, liburing users) fall back when setup fails.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
 
 /// Compiles the filter for this architecture.

@@ -27,6 +27,7 @@ fn env() -> Env {
         launcher: vec![env!("CARGO_BIN_EXE_sprite-launch").into()],
         cgroup_instance: sprites_testing::instance_name(dir.path()),
         network: None,
+        pids_total: None,
     });
     Env {
         backend: Arc::new(backend),

@@ -28,11 +28,48 @@ pub fn live_pid(pid_file: &Path, needle: &Path) -> Option<i32> {
         .then_some(pid)
 }
 
-/// The last `max` characters of the text file at `path` (empty if unreadable).
+/// The last `max` characters of the text file at `path` (empty if unreadable). Reads only
+/// the file's end: a sprite writes its console log and may make it as large as it likes.
 pub fn file_tail(path: &Path, max: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    // A character is at most 4 bytes.
+    let want = (max as u64).saturating_mul(4);
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(want))).is_err() {
+        return String::new();
+    }
+    let mut raw = Vec::new();
+    let _ = f.take(want).read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
     let skip = text.chars().count().saturating_sub(max);
     text.chars().skip(skip).collect()
+}
+
+/// The host's total memory in bytes (`MemTotal` of `/proc/meminfo`).
+pub fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// The most process ids the host hands out (`kernel.pid_max`, bounded by `threads-max`).
+pub fn pid_max() -> Option<u64> {
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let pid_max = read("/proc/sys/kernel/pid_max")?;
+    Some(match read("/proc/sys/kernel/threads-max") {
+        Some(t) => pid_max.min(t),
+        None => pid_max,
+    })
 }
 
 #[cfg(test)]
@@ -53,5 +90,19 @@ mod tests {
         assert_eq!(file_tail(&log, 5), "world");
         assert_eq!(file_tail(&log, 100), "héllo world");
         assert_eq!(file_tail(&dir.path().join("none"), 5), "");
+        // A sprite's console log of 64 GiB (sparse here): only its end is read.
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(64 << 30).unwrap();
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = f;
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.write_all("la fin é".as_bytes()).unwrap();
+        assert_eq!(file_tail(&log, 6), " fin é");
+    }
+
+    #[test]
+    fn host_facts() {
+        assert!(memory_total().unwrap() > 64 << 20);
+        assert!(pid_max().unwrap() >= 300);
     }
 }

@@ -23,6 +23,8 @@ pub struct Config {
     pub memory_limit: u64,
     /// Process limit of a sprite.
     pub pids_limit: u64,
+    /// What one sprite may ask for.
+    pub limits: crate::limits::Limits,
     /// Object store of checkpoint chunks and manifests: a folder or `s3://bucket/prefix`.
     pub object_store: String,
 }

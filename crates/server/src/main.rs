@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod hostapi;
 mod http;
+mod limits;
 mod service;
 mod store;
 
@@ -73,18 +74,22 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SPRITES_LISTEN", default_value = "127.0.0.1:7780")]
     listen: SocketAddr,
-    /// Base domain of sprite URLs (`<name>-<org>.<domain>:<port>`).
+    /// Base domain of sprite URLs (`<name>-<org id>.<domain>:<port>`).
     #[arg(long, env = "SPRITES_URL_DOMAIN", default_value = "sprites.localhost")]
     url_domain: String,
     /// The agent binary (default: `sprite-agent` next to this executable).
     #[arg(long, env = "SPRITES_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
-    /// Default memory limit of a sprite, in MiB.
+    /// Default memory limit of a sprite, in MiB (at most the host's memory).
     #[arg(long, env = "SPRITES_MEMORY_MB", default_value_t = 2048)]
     memory_mb: u64,
-    /// Most processes per sprite.
-    #[arg(long, env = "SPRITES_PIDS_LIMIT", default_value_t = 4096)]
-    pids_limit: u64,
+    /// Largest memory limit a sprite may ask for, in MiB (default: the host's memory).
+    #[arg(long, env = "SPRITES_MAX_MEMORY_MB")]
+    max_memory_mb: Option<u64>,
+    /// Most processes per sprite (default: 4096, less where the host has few process ids).
+    /// All sprites together never take more than the host's `pid_max` less a reserve.
+    #[arg(long, env = "SPRITES_PIDS_LIMIT")]
+    pids_limit: Option<u64>,
     /// Idle time after which a running sprite is frozen (warm), e.g. `10s`.
     #[arg(long, env = "SPRITES_WARM_AFTER", default_value = "10s", value_parser = duration)]
     warm_after: std::time::Duration,
@@ -305,14 +310,30 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             agent_bin.display()
         );
     }
+    let mut limits = limits::Limits::from_host();
+    if let Some(mb) = a.max_memory_mb {
+        limits.max_memory_mb = mb.clamp(limits::MIN_MEMORY_MB, limits.max_memory_mb);
+    }
+    let memory_mb = a.memory_mb.min(limits.max_memory_mb);
+    limits
+        .check_memory_mb("--memory-mb", memory_mb)
+        .map_err(anyhow::Error::msg)?;
+    let pids_limit = a.pids_limit.unwrap_or_else(|| limits.default_pids());
+    if pids_limit == 0 || pids_limit > limits.pids_total {
+        bail!(
+            "--pids-limit must be between 1 and {} on this host (pid_max less a reserve)",
+            limits.pids_total
+        );
+    }
     let cfg = Config {
         data_dir: a.data.data_dir.clone(),
         image_dir: a.data.image_dir(),
         listen: a.listen,
         url_domain: a.url_domain.clone(),
         agent_bin,
-        memory_limit: a.memory_mb << 20,
-        pids_limit: a.pids_limit,
+        memory_limit: memory_mb << 20,
+        pids_limit,
+        limits,
         object_store: a
             .object_store
             .clone()
@@ -346,6 +367,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             agent_bin: cfg.agent_bin.clone(),
             launcher: vec![std::env::current_exe()?.into_os_string(), "__launch".into()],
             cgroup_instance: cfg.instance(),
+            pids_total: Some(cfg.limits.pids_total),
         })),
         Chosen::MicroVm(accel) => {
             let guest = sprites_storage::guest::GuestArtifacts::new(&cfg.image_dir);

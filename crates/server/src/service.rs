@@ -81,9 +81,17 @@ impl Sprites {
     /// What the runtime needs to run `rec`.
     pub fn spec(&self, rec: &SpriteRecord) -> SpriteSpec {
         let config: api::SpriteConfig = serde_json::from_str(&rec.config).unwrap_or_default();
-        let memory_limit = config
-            .ram_mb
-            .map(|mb| mb << 20)
+        // The resources policy wins over the size asked for at creation. Both were
+        // range-checked when they came in; the clamp keeps records from before that safe.
+        let policy_mb = self
+            .memory_overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.id)
+            .copied();
+        let memory_limit = policy_mb
+            .or(config.ram_mb)
+            .map(|mb| mb.clamp(crate::limits::MIN_MEMORY_MB, self.cfg.limits.max_memory_mb) << 20)
             .unwrap_or(self.cfg.memory_limit);
         SpriteSpec {
             id: rec.id.clone(),
@@ -97,10 +105,12 @@ impl Sprites {
         }
     }
 
-    /// The public URL of a sprite.
+    /// The public URL of a sprite: `<name>-<org id>`, as Sprites does. Org ids are generated
+    /// and have no dash, so the label splits at its last dash into exactly one sprite
+    /// (slugs are chosen by users and may contain dashes: `<name>-<slug>` can collide).
     pub fn url(&self, org: &Org, name: &str) -> String {
         let port = self.port.load(std::sync::atomic::Ordering::Relaxed);
-        format!("http://{name}-{}.{}:{port}", org.slug, self.cfg.url_domain)
+        format!("http://{name}-{}.{}:{port}", org.id, self.cfg.url_domain)
     }
 
     /// Public JSON of a record.
@@ -155,6 +165,12 @@ impl Sprites {
     ) -> Result<api::Sprite, ApiError> {
         api::names::validate_sprite_name(&req.name)
             .map_err(|m| ApiError::new(ErrorCode::InvalidName, m))?;
+        if let Some(c) = &req.config {
+            self.cfg
+                .limits
+                .check_config(c)
+                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+        }
         let auth = match req.url_settings.as_ref().and_then(|u| u.auth.as_deref()) {
             None | Some("sprite") | Some("default") => "sprite",
             Some("public") => "public",
@@ -292,13 +308,14 @@ impl Sprites {
                 p.compile()
                     .map_err(|e| bad(format!("invalid policy: {e}")))?;
             }
-            ("resources", Some(b)) => {
-                let mb = b["memory"]["limit_mb"].as_u64();
-                if b.get("memory").is_some() && mb.is_none_or(|m| m < 16) {
-                    return Err(bad(
-                        "memory.limit_mb must be a number of MiB (at least 16)".into()
-                    ));
-                }
+            ("resources", Some(b)) if b.get("memory").is_some() => {
+                let mb = b["memory"]["limit_mb"]
+                    .as_u64()
+                    .ok_or_else(|| bad("memory.limit_mb must be a number of MiB".into()))?;
+                self.cfg
+                    .limits
+                    .check_memory_mb("memory.limit_mb", mb)
+                    .map_err(bad)?;
             }
             ("privileges", Some(b)) if !b.is_object() => {
                 return Err(bad("privileges policy must be an object".into()))

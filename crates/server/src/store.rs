@@ -240,15 +240,26 @@ pub fn org_count(c: &Connection) -> Result<u64> {
 
 /// The org with `slug`, if any.
 pub fn org_by_slug(c: &Connection, slug: &str) -> Result<Option<Org>> {
-    Ok(
-        c.query_row("SELECT id, slug FROM orgs WHERE slug = ?1", [slug], |r| {
+    org_where(c, "slug", slug)
+}
+
+/// The org with id `id`, if any.
+pub fn org_by_id(c: &Connection, id: &str) -> Result<Option<Org>> {
+    org_where(c, "id", id)
+}
+
+fn org_where(c: &Connection, column: &str, value: &str) -> Result<Option<Org>> {
+    Ok(c.query_row(
+        &format!("SELECT id, slug FROM orgs WHERE {column} = ?1"),
+        [value],
+        |r| {
             Ok(Org {
                 id: r.get(0)?,
                 slug: r.get(1)?,
             })
-        })
-        .optional()?,
+        },
     )
+    .optional()?)
 }
 
 /// Inserts an org.

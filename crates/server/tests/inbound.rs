@@ -21,6 +21,11 @@ fn url_client(s: &TestServer, host: &str) -> reqwest::Client {
 
 async fn start_web(api: &Api, sprite: &str, port: u16, body: &str) {
     api.exec(sprite, &["bash", "-c", &format!("mkdir -p /tmp/w{port} && echo {body} > /tmp/w{port}/index.html && setsid python3 -m http.server {port} --directory /tmp/w{port} >/dev/null 2>&1 < /dev/null &")]).await;
+    wait_listening(api, sprite, port).await;
+}
+
+/// Waits until something listens on `port` inside `sprite`.
+async fn wait_listening(api: &Api, sprite: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while api
         .exec(
@@ -43,6 +48,116 @@ async fn start_web(api: &Api, sprite: &str, port: u16, body: &str) {
     }
 }
 
+/// A web app on port 8080 that answers with its name and the request's headers.
+async fn start_header_echo(api: &Api, sprite: &str) {
+    let app = format!(
+        r#"import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("{sprite}\n" + str(self.headers)).encode()
+        self.send_response(200)
+        self.send_header("Set-Cookie", "app=1; Domain=sprites.localhost; Path=/")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#
+    );
+    let o = api
+        .exec(
+            sprite,
+            &[
+                "bash",
+                "-c",
+                &format!("cat > /tmp/echo.py <<'EOF'\n{app}EOF\nsetsid python3 /tmp/echo.py >/dev/null 2>&1 < /dev/null &"),
+            ],
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_listening(api, sprite, 8080).await;
+}
+
+/// Attacks found by a hostile tenant: an org whose slug extends another's (`own-personal`)
+/// must not answer for the other org's URLs, and no mode hands an app our credentials.
+#[tokio::test]
+async fn sprite_urls_cannot_be_taken_and_never_carry_our_credentials() {
+    let s = TestServer::start().unwrap();
+    let victim = Api::new(&s);
+    let attacker_token = s.create_token("own-personal").unwrap();
+    let attacker = Api::with_token(&s, &attacker_token);
+    let port = s.url.rsplit(':').next().unwrap().to_string();
+    for (api, name) in [(&victim, "hx-col-own"), (&attacker, "hx-col")] {
+        api.create(name).await;
+        let (st, _) = api
+            .json(
+                Method::PUT,
+                &format!("/v1/sprites/{name}"),
+                Some(json!({"url_settings": {"auth": "public"}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        start_header_echo(api, name).await;
+    }
+    let get = |label: String, auth: Option<String>| {
+        let host = format!("{label}.sprites.localhost");
+        let c = url_client(&s, &host);
+        let url = format!("http://{host}:{port}/");
+        async move {
+            let mut r = c
+                .get(url)
+                .header("Cookie", "app=1; sprites_session=secret-cookie");
+            if let Some(t) = auth {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            let cookie = r
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status(), cookie, r.text().await.unwrap())
+        }
+    };
+    // The URL the API hands out reaches exactly the victim's sprite.
+    let (_, v) = victim
+        .json(Method::GET, "/v1/sprites/hx-col-own", None)
+        .await;
+    let url = v["url"].as_str().unwrap();
+    let label = url
+        .trim_start_matches("http://")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, set_cookie, body) = get(label, Some(s.token.clone())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body.starts_with("hx-col-own\n"), "{body}");
+    // A public app sees neither the caller's token nor our cookies; its own cookie stays.
+    assert!(
+        !body.contains(&s.token),
+        "the token reached the app: {body}"
+    );
+    assert!(
+        !body.to_ascii_lowercase().contains("authorization"),
+        "{body}"
+    );
+    assert!(!body.contains("secret-cookie"), "{body}");
+    assert!(body.contains("app=1"), "{body}");
+    // ...and cannot set a cookie for every sprite under the domain.
+    assert_eq!(set_cookie.as_deref(), Some("app=1; Path=/"));
+
+    // The old `<name>-<slug>` label matches both sprites: it answers for neither (before
+    // canonical labels, it answered for the attacker's `hx-col`).
+    let (st, _, body) = get("hx-col-own-personal".into(), Some(s.token.clone())).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    // An old label only one sprite matches keeps working.
+    attacker.create("solo").await;
+    start_header_echo(&attacker, "solo").await;
+    let (st, _, body) = get("solo-own-personal".into(), Some(attacker_token.clone())).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(body.starts_with("solo\n"), "{body}");
+    assert!(!body.contains(&attacker_token), "{body}");
+}
+
 #[tokio::test]
 async fn sprite_urls_with_auth_modes_and_http_port_services() {
     let s = TestServer::start_with(&[
@@ -63,7 +178,8 @@ async fn sprite_urls_with_auth_modes_and_http_port_services() {
         .next()
         .unwrap()
         .to_string();
-    assert_eq!(host, "site-personal.sprites.localhost");
+    let org_id = s.token.split('/').nth(1).unwrap();
+    assert_eq!(host, format!("site-{org_id}.sprites.localhost"));
     let c = url_client(&s, &host);
     start_web(&api, "site", 8080, "from-8080").await;
 

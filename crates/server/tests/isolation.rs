@@ -103,6 +103,14 @@ async fn sprites_are_isolated_from_each_other_and_the_host() {
         "-1 1",
         "finit_module must fail with EPERM: {o:?}"
     );
+    // io_uring (a large kernel surface, the source of many escalations) is refused too.
+    let uring = "import ctypes; l=ctypes.CDLL(None,use_errno=True); p=ctypes.create_string_buffer(120); print([[(l.syscall(n,8,p) if n == 425 else l.syscall(n,-1,0,0,0,0)), ctypes.get_errno()] for n in (425,426,427)])";
+    let o = api.exec("one", &["sudo", "python3", "-c", uring]).await;
+    assert_eq!(
+        o.stdout.trim(),
+        "[[-1, 1], [-1, 1], [-1, 1]]",
+        "io_uring_setup/enter/register must fail with EPERM: {o:?}"
+    );
     let o = api
         .sh(
             "one",
@@ -230,6 +238,116 @@ print(json.dumps(out))
     );
 }
 
+fn memory_max_path(s: &TestServer, id: &str) -> String {
+    let instance = sprites_testing::instance_name(&s.data_dir);
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        format!("/sys/fs/cgroup/sprites/{instance}/{id}/memory.max")
+    } else {
+        format!("/sys/fs/cgroup/memory/sprites/{instance}/{id}/memory.limit_in_bytes")
+    }
+}
+
+/// Touching `mb` MiB in `sprite` gets the process killed (and the host keeps its memory).
+async fn assert_killed_when_allocating(api: &Api, sprite: &str, mb: u64) {
+    let code =
+        format!("b = bytearray({mb} << 20); b[::4096] = b'x' * len(b[::4096]); print('survived')");
+    let o = api.exec(sprite, &["python3", "-c", &code]).await;
+    assert!(!o.stdout.contains("survived"), "{o:?}");
+    assert_ne!(o.code, Some(0));
+}
+
+/// The resources policy is the sprite's memory limit, live and after a server restart.
+#[tokio::test]
+async fn the_memory_policy_is_the_cgroup_limit() {
+    let mut s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    let v = api.create("pol").await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let read = |s: &TestServer| {
+        std::fs::read_to_string(memory_max_path(s, &id))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read(&s), (2048u64 << 20).to_string());
+    let (st, v) = api
+        .json(
+            reqwest::Method::PUT,
+            "/v1/sprites/pol/policy/resources",
+            Some(serde_json::json!({"memory": {"limit_mb": 256}})),
+        )
+        .await;
+    assert!(st.is_success(), "{st} {v}");
+    assert_eq!(read(&s), (256u64 << 20).to_string());
+    s.restart().unwrap();
+    let api = Api::new(&s);
+    api.exec("pol", &["true"]).await;
+    assert_eq!(read(&s), (256u64 << 20).to_string(), "after a restart");
+    // Stopped and booted again, it keeps the policy's limit.
+    let (st, _) = api
+        .json(reqwest::Method::POST, "/v1/sprites/pol/restart", None)
+        .await;
+    assert!(st.is_success(), "{st}");
+    assert_eq!(read(&s), (256u64 << 20).to_string(), "after a reboot");
+    assert_killed_when_allocating(&api, "pol", 512).await;
+    // Removing the policy gives the default back.
+    let (st, _) = api
+        .json(
+            reqwest::Method::DELETE,
+            "/v1/sprites/pol/policy/resources",
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{st}");
+    assert_eq!(read(&s), (2048u64 << 20).to_string());
+}
+
+/// Every size a client sends is range-checked at once, against this host.
+#[tokio::test]
+async fn out_of_range_sizes_are_a_clear_400() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    for config in [
+        serde_json::json!({"ram_mb": u64::MAX}),
+        serde_json::json!({"ram_mb": 1u64 << 30}),
+        serde_json::json!({"ram_mb": 1}),
+        serde_json::json!({"cpus": 0}),
+        serde_json::json!({"cpus": 100000}),
+        serde_json::json!({"storage_gb": 0}),
+    ] {
+        let (st, v) = api
+            .json(
+                reqwest::Method::POST,
+                "/v1/sprites",
+                Some(serde_json::json!({"name": "big", "config": config})),
+            )
+            .await;
+        assert_eq!(st, reqwest::StatusCode::BAD_REQUEST, "{config}: {v}");
+        assert_eq!(v["error"], "bad_request", "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("must be between"),
+            "{v}"
+        );
+    }
+    let (_, list) = api.json(reqwest::Method::GET, "/v1/sprites", None).await;
+    assert_eq!(list["sprites"].as_array().unwrap().len(), 0, "{list}");
+    api.create("ok").await;
+    for limit in [
+        serde_json::json!(1),
+        serde_json::json!(1u64 << 40),
+        serde_json::json!("x"),
+    ] {
+        let (st, v) = api
+            .json(
+                reqwest::Method::PUT,
+                "/v1/sprites/ok/policy/resources",
+                Some(serde_json::json!({"memory": {"limit_mb": limit}})),
+            )
+            .await;
+        assert_eq!(st, reqwest::StatusCode::BAD_REQUEST, "{limit}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn cgroup_limits_apply() {
     let s = TestServer::start().unwrap();
@@ -261,20 +379,26 @@ async fn cgroup_limits_apply() {
         std::fs::read_to_string(mem).unwrap().trim(),
         (64u64 << 20).to_string()
     );
-    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "4096");
+    assert_eq!(std::fs::read_to_string(&pids).unwrap().trim(), "4096");
+    // All sprites together leave the host a reserve of process ids (an eighth of pid_max,
+    // at least 2048): eight sprites of 4096 no longer take a 32768 host's every pid.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let instance_pids = std::path::Path::new(&pids)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("pids.max");
+    assert_eq!(
+        std::fs::read_to_string(instance_pids).unwrap().trim(),
+        (pid_max - (pid_max / 8).max(2048)).to_string()
+    );
     // Allocating past the limit gets the process killed, not the host's memory.
-    let o = api
-        .exec(
-            "small",
-            &[
-                "python3",
-                "-c",
-                "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096]); print('survived')",
-            ],
-        )
-        .await;
-    assert!(!o.stdout.contains("survived"), "{o:?}");
-    assert_ne!(o.code, Some(0));
+    assert_killed_when_allocating(&api, "small", 256).await;
     // The sprite itself keeps working.
     assert_eq!(
         api.exec("small", &["echo", "alive"]).await.stdout,

@@ -106,6 +106,10 @@ async fn version_header(mut resp: Response) -> Response {
     resp
 }
 
+/// Every cookie this server sets (console, OAuth pages) is named with this prefix, so that
+/// sprite URLs can keep them from the apps in sprites.
+pub const COOKIE_PREFIX: &str = "sprites_";
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -85,6 +85,28 @@ impl SpriteNet {
 
 /// Networks built ahead of time, so creating or waking a sprite does not wait for one.
 const POOL_SIZE: usize = 2;
+/// Slot owners of pooled networks: `pool:<instance>:<pid>-<n>`.
+const POOL_PREFIX: &str = "pool:";
+
+/// The pid of the server that built a pooled network, from its slot owner.
+fn pool_owner_pid(owner: &str) -> Option<i32> {
+    let rest = owner.strip_prefix(POOL_PREFIX)?;
+    let (_, pid_n) = rest.rsplit_once(':')?;
+    pid_n.split_once('-')?.0.parse().ok()
+}
+
+/// Frees the pooled networks of every server on this host that is gone (a crash or
+/// `kill -9` skips [`Network::drain_pool`]); a live server's pool is left alone.
+fn reclaim_dead_pools() {
+    for p in Plan::registered_with_prefix(POOL_PREFIX) {
+        let dead = pool_owner_pid(&p.id)
+            .is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            netns::teardown(&p);
+            p.release();
+        }
+    }
+}
 
 /// The networks of all sprites of this server.
 pub struct Network {
@@ -93,6 +115,8 @@ pub struct Network {
     pool_tag: String,
     pool: Mutex<Vec<Plan>>,
     building: std::sync::atomic::AtomicUsize,
+    /// Set by [`Network::drain_pool`]: the pool is not refilled any more.
+    draining: std::sync::atomic::AtomicBool,
     sprites: Mutex<HashMap<String, Arc<SpriteNet>>>,
     policies: Mutex<HashMap<String, Policy>>,
 }
@@ -112,22 +136,13 @@ impl Network {
     /// `instance` tells this server's pooled networks apart from other servers' on the host.
     pub fn new(upstream: SocketAddr, instance: &str) -> Result<Arc<Self>, NetError> {
         netns::host_setup()?;
-        let pool_tag = format!("pool:{instance}:");
-        // Pooled networks of an earlier run are still good if they exist.
-        let mut pool = Vec::new();
-        for p in Plan::registered_with_prefix(&pool_tag) {
-            if netns::exists(&p) && pool.len() < POOL_SIZE {
-                pool.push(p);
-            } else {
-                netns::teardown(&p);
-                p.release();
-            }
-        }
+        reclaim_dead_pools();
         let net = Arc::new(Self {
             upstream,
-            pool_tag,
-            pool: Mutex::new(pool),
+            pool_tag: format!("{POOL_PREFIX}{instance}:"),
+            pool: Mutex::new(Vec::new()),
             building: std::sync::atomic::AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             sprites: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
         });
@@ -138,6 +153,9 @@ impl Network {
     /// Builds pooled networks in the background until the pool is full.
     fn refill(self: &Arc<Self>) {
         use std::sync::atomic::Ordering::SeqCst;
+        if self.draining.load(SeqCst) {
+            return;
+        }
         let have =
             self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() + self.building.load(SeqCst);
         for _ in have..POOL_SIZE {
@@ -145,6 +163,7 @@ impl Network {
             let me = self.clone();
             std::thread::spawn(move || {
                 static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                // The pid tells a later server whether this pool's owner is gone.
                 let tag = format!(
                     "{}{}-{}",
                     me.pool_tag,
@@ -160,14 +179,19 @@ impl Network {
         }
     }
 
-    /// Releases pooled networks (at shutdown; a next run would reuse them otherwise).
+    /// Releases pooled networks, at shutdown: no more are built, the ones being built are
+    /// waited for (a few seconds at most), and every slot this process registered for its
+    /// pool goes, also one whose network was half built.
     pub fn drain_pool(&self) {
-        for p in self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.draining.store(true, SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.building.load(SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mine = format!("{}{}-", self.pool_tag, std::process::id());
+        for p in Plan::registered_with_prefix(&mine) {
             netns::teardown(&p);
             p.release();
         }

@@ -291,6 +291,13 @@ pub fn setup(p: &Plan) -> Result<(), NetError> {
     run(&["ip", "netns", "add", &p.sprite_ns])?;
     run(&["ip", "netns", "add", &p.router_ns])?;
     let (hi, rns, sns) = (&p.host_if, &p.router_ns, &p.sprite_ns);
+    // IPv6 is off in both namespaces until it is designed (filtering, NAT, DNS AAAA): before
+    // any link exists, so no interface ever gets a link-local address the sprite could use
+    // to reach the router. The sprite's root cannot turn it back on (the namespace belongs
+    // to the host's user namespace), and the router drops IPv6 anyway.
+    // The sprite keeps `::1` on its loopback: programs bind and dial `localhost` there.
+    in_netns(sns, || ipv6_off(true))?;
+    in_netns(rns, || ipv6_off(false))?;
     ip_batch(
         None,
         &[
@@ -329,9 +336,35 @@ pub fn setup(p: &Plan) -> Result<(), NetError> {
     })
 }
 
+fn ipv6_off(keep_loopback: bool) -> Result<(), NetError> {
+    let mut keys = vec![
+        ("net.ipv6.conf.default.disable_ipv6", "1"),
+        ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ];
+    if keep_loopback {
+        keys.push(("net.ipv6.conf.lo.disable_ipv6", "0"));
+    }
+    for (key, value) in keys {
+        match sysctl(key, value) {
+            // A kernel without IPv6 has no such keys, and nothing to turn off.
+            Err(_) if !std::path::Path::new("/proc/sys/net/ipv6").exists() => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
 fn router_rules() -> String {
     format!(
-        r#"table ip sprite {{
+        r#"table ip6 sprite6 {{
+    chain input {{
+        type filter hook input priority 0; policy drop;
+    }}
+    chain forward {{
+        type filter hook forward priority 0; policy drop;
+    }}
+}}
+table ip sprite {{
     set allowed {{ type ipv4_addr; flags timeout; }}
     chain egress {{
         accept

@@ -246,3 +246,87 @@ async fn dns_opens_only_answers_for_allowed_names() {
     assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{r:?}");
     assert_eq!(s.opened().len(), 3, "{:?}", s.opened());
 }
+
+/// The link-local address the kernel gives an interface with MAC `mac` (EUI-64).
+fn link_local(mac: &str) -> Ipv6Addr {
+    let b: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        b[0] ^ 2,
+        b[1],
+        b[2],
+        0xff,
+        0xfe,
+        b[3],
+        b[4],
+        b[5],
+    ])
+}
+
+/// IPv6 is not designed yet, so it is off: a listener in the router namespace (where the
+/// resolver lives) is not reachable from the sprite over the router's link-local address,
+/// and neither is anything beyond it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_reaches_nothing_from_the_sprite() {
+    let s = Sprite::up(fake_upstream(), "v6");
+    let (rns, sns) = (s.plan.router_ns.clone(), s.plan.sprite_ns.clone());
+    let mac = output(&[
+        "ip",
+        "netns",
+        "exec",
+        &rns,
+        "cat",
+        "/sys/class/net/s0/address",
+    ]);
+    let router = link_local(&mac);
+    // Something listening on every IPv6 address of the router, if it has any.
+    let listening = in_ns(&rns, || {
+        let l = std::net::TcpListener::bind("[::]:7001").ok()?;
+        std::thread::spawn(move || while l.accept().is_ok() {});
+        Some(())
+    });
+    // Addresses are usable once duplicate address detection is done.
+    for _ in 0..50 {
+        let tentative = [&sns, &rns].iter().any(|ns| {
+            output(&["ip", "netns", "exec", ns, "ip", "-6", "addr"]).contains("tentative")
+        });
+        if !tentative {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reached = in_ns(&sns, move || {
+        // SAFETY: a NUL-terminated literal; the call only reads it.
+        let scope = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        assert_ne!(scope, 0, "the sprite has eth0");
+        let to = std::net::SocketAddrV6::new(router, 7001, 0, scope);
+        std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(3)).is_ok()
+    });
+    assert!(
+        !reached,
+        "the sprite reached [{router}]:7001 in the router (listener bound: {listening:?})"
+    );
+    // The router has no IPv6 address; the sprite only its own loopback's `::1`.
+    let addrs = output(&["ip", "netns", "exec", &rns, "ip", "-6", "addr"]);
+    assert!(
+        addrs.trim().is_empty(),
+        "IPv6 addresses in the router: {addrs}"
+    );
+    let addrs = output(&["ip", "netns", "exec", &sns, "ip", "-6", "-o", "addr"]);
+    let lines: Vec<&str> = addrs.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains(" lo ") && lines[0].contains("::1/128"),
+        "IPv6 addresses in the sprite: {addrs}"
+    );
+}

@@ -399,6 +399,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let backend_name = backend.kind().as_str();
     let runtime = Arc::new(Runtime::new(backend));
+    let pool_owner = network.clone();
     let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network)?);
     svc.collect_garbage()
         .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -438,6 +439,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             let _ = tcp.set_nodelay(true);
         });
         axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+        // Networks built ahead for sprites to come; sprites' own networks stay with them.
+        if let Some(net) = &pool_owner {
+            net.drain_pool();
+        }
         tracing::info!("spritesd stopped; sprites keep running and are adopted on the next start");
         anyhow::Ok(())
     })

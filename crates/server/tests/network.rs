@@ -401,15 +401,8 @@ async fn create_destroy_cycles_leave_nothing_behind() {
     }
     // ...and every sprite namespace and uplink interface on the host belongs to a live slot.
     let slots: std::collections::HashSet<&str> = registry.iter().map(|(s, _)| s.as_str()).collect();
-    let netns = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    for name in netns.lines().filter_map(|l| l.split_whitespace().next()) {
+    let netns = host_netns();
+    for name in netns.iter().map(String::as_str) {
         if let Some(n) = name
             .strip_prefix("sp-")
             .or_else(|| name.strip_prefix("sr-"))
@@ -435,4 +428,72 @@ async fn create_destroy_cycles_leave_nothing_behind() {
             assert!(slots.contains(n), "interface spr{n} has no slot: leaked");
         }
     }
+}
+
+/// Names of the host's network namespaces.
+fn host_netns() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| Some(l.split_whitespace().next()?.to_string()))
+        .collect()
+}
+
+/// Slots of the networks server `s` built ahead of time (`pool:<instance>:<pid>-<n>`).
+fn pool_slots(s: &TestServer) -> Vec<String> {
+    let tag = format!("pool:{}:", sprites_testing::instance_name(&s.data_dir));
+    std::fs::read_dir("/run/sprites-net")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|o| o.starts_with(&tag)))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_pool(s: &TestServer) -> Vec<String> {
+    for _ in 0..100 {
+        let slots = pool_slots(s);
+        if slots.len() == 2 {
+            return slots;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the pool never filled: {:?}", pool_slots(s));
+}
+
+/// A stopped server gives back the networks it built ahead; a killed one's are reclaimed by
+/// the next server that starts on the host (before, about 150 stale slots piled up).
+#[tokio::test]
+async fn pooled_networks_are_released_at_stop_and_reclaimed_after_a_crash() {
+    let _serial = SERIAL.lock().await;
+    let args = ["--dns-upstream", "127.0.0.1:9"];
+    let mut stopped = TestServer::start_with(&args).unwrap();
+    wait_pool(&stopped).await;
+    assert!(stopped.terminate().unwrap(), "{}", stopped.log());
+    assert_eq!(
+        pool_slots(&stopped),
+        Vec::<String>::new(),
+        "{}",
+        stopped.log()
+    );
+
+    let mut killed = TestServer::start_with(&args).unwrap();
+    let slots = wait_pool(&killed).await;
+    killed.kill9();
+    assert_eq!(pool_slots(&killed).len(), 2, "kill -9 cannot release");
+    let next = TestServer::start_with(&args).unwrap();
+    assert_eq!(pool_slots(&killed), Vec::<String>::new(), "not reclaimed");
+    let netns = host_netns();
+    // The new server may take the freed slots for its own pool; anything else is gone.
+    let reused = pool_slots(&next);
+    for slot in slots.iter().filter(|s| !reused.contains(s)) {
+        assert!(!std::path::Path::new(&format!("/run/sprites-net/{slot}")).exists());
+        for ns in [format!("sp-{slot}"), format!("sr-{slot}")] {
+            assert!(!netns.contains(&ns), "{ns} of a dead server is still there");
+        }
+    }
+    wait_pool(&next).await;
 }

@@ -70,6 +70,7 @@ impl Env {
             uid_base: 1_600_000_000,
             memory_limit: 512 << 20,
             pids_limit: 512,
+            disk_limit: None,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
             host_dir: None,
         }

@@ -207,7 +207,8 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     )
     .map_err(ctx("making mounts private"))?;
     let status = Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,noatime"])
+        // discard: what the sprite deletes goes back to the host (the image stays sparse).
+        .args(["-t", "ext4", "-o", "loop,noatime,discard"])
         .arg(&cfg.spec.disk)
         .arg(&paths.disk_mnt)
         .status()
@@ -228,6 +229,20 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
             .map_err(ctx("chmod upper"))?;
     }
     std::fs::create_dir_all(&work).map_err(ctx("creating work dir"))?;
+    // Before the sprite's first program: it never sees more space than it may use.
+    let quota =
+        crate::disk_quota::DiskQuota::new(&paths.disk_mnt, &cfg.spec.disk, cfg.spec.disk_limit)
+            .map_err(ctx("measuring the disk for its quota"))?;
+    quota.adjust().map_err(ctx("sizing the disk quota"))?;
+    let quota_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quota_thread = {
+        let stop = quota_stop.clone();
+        std::thread::spawn(move || quota.run(&stop))
+    };
+    let stop_quota = move || {
+        quota_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = quota_thread.join();
+    };
 
     let cgroup = Cgroup::new(&cfg.cgroup_instance, &cfg.spec.id);
     cgroup
@@ -338,6 +353,7 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     if let Err(e) = setup {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
         let _ = waitpid(child, None);
+        stop_quota();
         teardown(&paths, &cgroup);
         return Err(e);
     }
@@ -348,6 +364,7 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     let _ = File::from(err_r).read_to_string(&mut err);
     if !err.is_empty() {
         let _ = waitpid(child, None);
+        stop_quota();
         teardown(&paths, &cgroup);
         return Err(err);
     }
@@ -358,6 +375,7 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     let status = waitpid(child, None);
     eprintln!("sprite {} ended: {status:?}", cfg.spec.id);
     let _ = cgroup.kill_all();
+    stop_quota();
     teardown(&paths, &cgroup);
     Ok(())
 }

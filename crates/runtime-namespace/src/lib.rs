@@ -10,6 +10,7 @@
 //! (when to start, stop or pause is [`sprites_runtime::Runtime`]'s call) and knows no HTTP.
 
 pub mod cgroup;
+pub mod disk_quota;
 mod idmap;
 pub mod launcher;
 mod seccomp;

@@ -47,6 +47,7 @@ impl Env {
             uid_base: 1_500_000_000 + slot * 65536,
             memory_limit: 512 << 20,
             pids_limit: 512,
+            disk_limit: None,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
             host_dir: None,
         }

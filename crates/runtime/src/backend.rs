@@ -39,6 +39,10 @@ pub struct SpriteSpec {
     pub memory_limit: u64,
     /// Most processes the sprite may have.
     pub pids_limit: u64,
+    /// Most bytes the sprite may store on its disk (`None`: the disk's size). The host's
+    /// free space bounds it too.
+    #[serde(default)]
+    pub disk_limit: Option<u64>,
     /// Environment every command in the sprite starts with (set at creation).
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,

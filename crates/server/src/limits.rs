@@ -17,7 +17,7 @@ pub struct Limits {
     pub max_memory_mb: u64,
     /// Most CPUs a sprite may ask for (the host's).
     pub max_cpus: u32,
-    /// Largest disk a sprite may ask for, GB.
+    /// Largest disk a sprite may ask for, GB (the size of its disk image).
     pub max_storage_gb: u64,
     /// Processes of all sprites together: the host's pids less a reserve for the host.
     pub pids_total: u64,
@@ -34,7 +34,7 @@ impl Limits {
             max_cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            max_storage_gb: 64 * 1024,
+            max_storage_gb: sprites_storage::disk::DISK_SIZE_BYTES / 1_000_000_000,
             pids_total: pids_total(pid_max),
         }
     }

@@ -100,6 +100,7 @@ impl Sprites {
             uid_base: UID_BASE + rec.uid_slot * UID_RANGE,
             memory_limit,
             pids_limit: self.cfg.pids_limit,
+            disk_limit: config.storage_gb.map(|gb| gb.saturating_mul(1_000_000_000)),
             env: serde_json::from_str(&rec.environment).unwrap_or_default(),
             host_dir: Some(crate::hostapi::host_dir(&self.cfg.data_dir, &rec.id)),
         }

@@ -405,3 +405,83 @@ async fn cgroup_limits_apply() {
         "alive\n"
     );
 }
+
+/// Free bytes of the filesystem holding `p`, as the host sees it.
+fn host_free(p: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+fn avail(o: &common::ExecOut) -> u64 {
+    o.stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df: {o:?}"))
+}
+
+/// A sprite's disk is a sparse image: it must not promise, nor take, space the host lacks.
+/// On a 4 GiB host filesystem, a sprite that writes until it cannot gets ENOSPC, the host
+/// keeps its reserve, and the sprite, its neighbour and the server's state all keep working.
+#[tokio::test]
+async fn a_sprite_cannot_fill_the_host() {
+    let vol = sprites_testing::XfsVolume::new(4).unwrap();
+    let s = TestServer::start_in(vol.path(), &[]).unwrap();
+    let api = Api::new(&s);
+    api.create("filler").await;
+    api.create("other").await;
+    const GIB: u64 = 1 << 30;
+    let df = "df -B1 --output=avail / | tail -1";
+    let seen = avail(&api.sh("filler", df).await);
+    let free = host_free(vol.path());
+    assert!(
+        seen <= free.saturating_sub(2 * GIB) + (64 << 20),
+        "the sprite sees {seen} bytes free, the host has {free}"
+    );
+    let o = api
+        .sh(
+            "filler",
+            "dd if=/dev/zero of=$HOME/fill bs=1M count=8192 conv=fsync 2>&1; echo rc=$?",
+        )
+        .await;
+    assert!(o.stdout.contains("No space left on device"), "{o:?}");
+    assert!(!o.stdout.contains("rc=0"), "{o:?}");
+    let left = host_free(vol.path());
+
+    assert!(left >= GIB, "the host kept only {left} bytes");
+    // The sprite's filesystem is healthy (not read-only after write errors).
+    let o = api
+        .sh("filler", "rm ~/fill && echo fine > ~/after && cat ~/after")
+        .await;
+    assert_eq!(o.stdout, "fine\n", "{o:?}");
+    assert_eq!(
+        api.exec("other", &["echo", "alive"]).await.stdout,
+        "alive\n"
+    );
+    // The state store still takes writes.
+    api.create("third").await;
+
+    // A quota of 1 GB holds on a host with room for more.
+    let (st, v) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/sprites",
+            Some(serde_json::json!({"name": "small", "config": {"storage_gb": 1}})),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
+    let seen = avail(&api.sh("small", df).await);
+    assert!(seen <= 1_000_000_000, "a 1 GB quota shows {seen} free");
+    let o = api
+        .sh(
+            "small",
+            "dd if=/dev/zero of=$HOME/fill bs=1M count=2000 conv=fsync 2>&1; echo rc=$?; stat -c %s $HOME/fill",
+        )
+        .await;
+    assert!(o.stdout.contains("No space left on device"), "{o:?}");
+    let size: u64 = o.stdout.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        size <= 1_000_000_000,
+        "wrote {size} bytes with a 1 GB quota"
+    );
+}

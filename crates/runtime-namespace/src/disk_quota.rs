@@ -118,10 +118,11 @@ impl DiskQuota {
         let used = disk.total.saturating_sub(disk.free.saturating_add(current));
         let pending = pending(used, allocated(&self.image), self.overhead);
         let target = balloon_target(disk, current, self.quota, host, pending);
-        if target.abs_diff(current) > SLACK || (target == 0 && current > 0) {
+        let headroom = host.free.saturating_sub(reserve(host));
+        if target.abs_diff(current) > step(headroom, reserve(host)) || (target == 0 && current > 0)
+        {
             self.resize(current, target)?;
         }
-        let headroom = host.free.saturating_sub(reserve(host));
         Ok(if headroom < 8 << 30 {
             Duration::from_millis(100)
         } else {
@@ -178,6 +179,13 @@ impl DiskQuota {
             }
         }
     }
+}
+
+/// How far the balloon may be off before it is resized. Resizing changes ext4's metadata,
+/// which the next checkpoint must store, so a roomy host resizes in coarse steps: at most a
+/// sixteenth of the headroom and never more than half the reserve, which absorbs the error.
+fn step(headroom: u64, reserve: u64) -> u64 {
+    (headroom / 16).min(reserve / 2).max(SLACK)
 }
 
 /// Bytes a file occupies on its filesystem (0 if it does not exist).
@@ -245,6 +253,13 @@ mod tests {
         // Written back (the image grew), nothing is pending.
         assert_eq!(pending(5 * G, 5 * G + 100, 100), 0);
         assert_eq!(pending(5 * G, 6 * G, 100), 0);
+    }
+
+    #[test]
+    fn resizes_are_coarse_on_a_roomy_host_and_fine_near_the_reserve() {
+        assert_eq!(step(60 * G, 12 * G), 60 * G / 16);
+        assert_eq!(step(100 * G, 2 * G), G);
+        assert_eq!(step(100 << 20, 2 * G), SLACK);
     }
 
     #[test]

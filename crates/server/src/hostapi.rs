@@ -21,6 +21,41 @@ use crate::store::{self, SpriteRecord};
 
 /// Name of the socket inside the host directory.
 pub const SOCKET: &str = "api.sock";
+/// Connections one sprite may hold open to its inside API at once; more wait in the
+/// kernel's backlog, so a sprite cannot spend the server's file descriptors.
+const MAX_CONNECTIONS: usize = 8;
+/// How long a request's head may take to arrive.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on a sprite's socket: the sprite is hostile, so connections are few and
+/// heads must come quickly (request bodies are bounded by axum's 2 MB default).
+async fn serve_bounded(listener: tokio::net::UnixListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("inside API: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!("inside API connection: {e}");
+            }
+        });
+    }
+}
 
 #[derive(Clone)]
 struct HostState {
@@ -76,11 +111,7 @@ impl Sprites {
             .route("/v1/checkpoints/{id}/restore", post(restore))
             .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
             .with_state(state);
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!("inside API stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(serve_bounded(listener, app));
         running.insert(rec.id.clone(), task.abort_handle());
         Ok(())
     }

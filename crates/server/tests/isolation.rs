@@ -485,3 +485,72 @@ async fn a_sprite_cannot_fill_the_host() {
         "wrote {size} bytes with a 1 GB quota"
     );
 }
+
+/// A sprite's root opening thousands of connections to its inside API (`/.sprite/host`)
+/// costs the server a few file descriptors, not thousands, and other sprites keep working.
+#[tokio::test]
+async fn the_inside_api_bounds_what_a_sprite_holds_open() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("hog").await;
+    api.create("quiet").await;
+    let pid = s.server_pid().unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let flood = r#"
+import socket, time
+held = []
+for i in range(2000):
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        c.connect("/.sprite/host/api.sock")
+    except BlockingIOError:
+        pass
+    except OSError as e:
+        print("stopped at", i, e.errno)
+        break
+    held.append(c)
+print("holding", len(held), flush=True)
+time.sleep(30)
+"#;
+    let id = api.create("flood").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _ = id;
+    let script = format!("cat > /tmp/flood.py <<'EOF'\n{flood}EOF\nsudo setsid python3 /tmp/flood.py > /tmp/flood.out 2>&1 < /dev/null &");
+    assert_eq!(api.sh("flood", &script).await.code, Some(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = api.sh("flood", "cat /tmp/flood.out").await;
+        if o.stdout.contains("holding") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{o:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let o = api.sh("flood", "cat /tmp/flood.out").await;
+    let held: usize = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("holding "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(held >= 500, "the flood opened too few connections: {o:?}");
+    let during = fds();
+    assert!(
+        during < before + 64,
+        "the server holds {during} fds (was {before}) while a sprite floods its inside API"
+    );
+    assert_eq!(
+        api.exec("quiet", &["echo", "alive"]).await.stdout,
+        "alive\n"
+    );
+    let (st, _) = api.json(reqwest::Method::GET, "/v1/sprites", None).await;
+    assert!(st.is_success());
+}

@@ -161,6 +161,11 @@ impl TestServer {
         std::fs::read_to_string(self._tmp.path().join("spritesd.log")).unwrap_or_default()
     }
 
+    /// Pid of the running server.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `kill -9` the server (sprites keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -34,9 +34,15 @@ pub fn bind_in_router(plan: &Plan) -> Result<UdpSocket, NetError> {
     UdpSocket::from_std(sock).map_err(|e| NetError::Tool(e.to_string()))
 }
 
+/// Queries of one sprite being answered at once. Each holds a task and an upstream socket
+/// for up to [`UPSTREAM_TIMEOUT`]; past this, queries are dropped (resolvers retry), so a
+/// flood costs the server a bounded number of file descriptors.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// Serves DNS for one sprite until the task is aborted.
 pub async fn serve(net: Arc<SpriteNet>, sock: UdpSocket, upstream: SocketAddr) {
     let sock = Arc::new(sock);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -46,9 +52,13 @@ pub async fn serve(net: Arc<SpriteNet>, sock: UdpSocket, upstream: SocketAddr) {
                 return;
             }
         };
+        let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (net, sock) = (net.clone(), sock.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Some(answer) = answer(&net, &query, upstream).await {
                 let _ = sock.send_to(&answer, peer).await;
             }

@@ -56,10 +56,21 @@ impl SpriteNet {
             .is_open()
     }
 
+    /// Records what the resolver handed out. Bounded: a sprite can make its resolver answer
+    /// endless distinct names (a domain of its own under an allowed wildcard); past the cap an
+    /// old address is forgotten, and the sprite resolves its name again when it needs it.
     fn resolved(&self, name: &str, addrs: &[Ipv4Addr]) {
         let mut r = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
         for a in addrs {
-            r.entry(*a).or_default().insert(name.to_string());
+            if !r.contains_key(a) && r.len() >= MAX_RESOLVED {
+                if let Some(old) = r.keys().next().copied() {
+                    r.remove(&old);
+                }
+            }
+            let names = r.entry(*a).or_default();
+            if names.len() < MAX_NAMES_PER_ADDR {
+                names.insert(name.to_string());
+            }
         }
     }
 
@@ -82,6 +93,11 @@ impl SpriteNet {
         netns::apply(&self.plan, self.is_open(), &self.allowed_addrs())
     }
 }
+
+/// Most addresses remembered per sprite as handed out by its resolver.
+const MAX_RESOLVED: usize = 16_384;
+/// Most names remembered per address (a CDN address answers for many names).
+const MAX_NAMES_PER_ADDR: usize = 64;
 
 /// Networks built ahead of time, so creating or waking a sprite does not wait for one.
 const POOL_SIZE: usize = 2;

@@ -330,3 +330,43 @@ async fn ipv6_reaches_nothing_from_the_sprite() {
         "IPv6 addresses in the sprite: {addrs}"
     );
 }
+
+/// An upstream that reads every query and answers none.
+fn silent_upstream() -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while sock.recv_from(&mut buf).is_ok() {}
+    });
+    addr
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A sprite flooding its resolver while the upstream is slow costs the server a bounded
+/// number of sockets (before: one per query for three seconds each).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_flood_costs_bounded_sockets() {
+    let s = Sprite::up(silent_upstream(), "flood");
+    let before = open_fds();
+    let bytes = query(&[("anything.test", RecordType::A)]).to_vec().unwrap();
+    in_ns(&s.plan.sprite_ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..3000 {
+            let _ = sock.send_to(&bytes, "10.0.0.2:53");
+        }
+    });
+    // The resolver takes them in as fast as it can; look while the upstream waits are on.
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(open_fds());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most < before + sprites_network::dns::MAX_IN_FLIGHT + 16,
+        "{most} fds open during the flood, {before} before"
+    );
+}

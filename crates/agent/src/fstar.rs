@@ -279,4 +279,79 @@ mod tests {
         assert_eq!(depth_inside(p(""), p("/etc/passwd")), None);
         assert_eq!(depth_inside(p("a"), p("b/../../..")), None);
     }
+
+    /// One raw tar entry, written byte by byte so names may hold anything a hostile client
+    /// sends (`..`, absolute paths, links out), which `tar::Builder` would refuse to write.
+    fn raw_entry(out: &mut Vec<u8>, kind: u8, name: &str, link: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        let (n, l) = (name.len().min(99), link.len().min(99));
+        h.as_old_mut().name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        h.as_old_mut().linkname[..l].copy_from_slice(&link.as_bytes()[..l]);
+        let kind = match kind % 4 {
+            0 => tar::EntryType::Regular,
+            1 => tar::EntryType::Directory,
+            2 => tar::EntryType::Symlink,
+            _ => tar::EntryType::Link,
+        };
+        h.set_entry_type(kind);
+        let size = if kind == tar::EntryType::Regular {
+            data.len()
+        } else {
+            0
+        };
+        h.set_size(size as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&data[..size]);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn component() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::sample::select(vec!["a", "b", "..", ".", "", "outside", "/", "x y"])
+            .prop_map(str::to_string)
+    }
+
+    fn hostile_path() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::collection::vec(component(), 1..5).prop_map(|c| c.join("/"))
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the archive, nothing is written outside the target directory, and
+        /// extracting never panics.
+        #[test]
+        fn archives_stay_inside(
+            entries in proptest::collection::vec(
+                (any::<u8>(), hostile_path(), hostile_path(), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..8,
+            ),
+            garbage in proptest::collection::vec(any::<u8>(), 0..600),
+            truncate in any::<bool>(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let outside = tmp.path().join("outside");
+            std::fs::create_dir(&outside).unwrap();
+            let target = tmp.path().join("in");
+            let mut tar = Vec::new();
+            for (kind, name, link, data) in &entries {
+                raw_entry(&mut tar, *kind, name, link, data);
+            }
+            if truncate {
+                tar.extend_from_slice(&garbage);
+            } else {
+                tar.extend_from_slice(&[0u8; 1024]);
+            }
+            let _ = super::extract(&tar[..], &target);
+            let above: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            prop_assert!(above.iter().all(|n| n == "in" || n == "outside"), "{above:?}");
+            prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        }
+    }
 }

@@ -235,3 +235,105 @@ fn vet(
     resp.additionals.clear();
     Some(opened)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    use hickory_proto::rr::rdata::{A, CNAME};
+    use hickory_proto::rr::Record;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{Plan, Policy, SpriteNet};
+
+    /// A sprite network record with `allow` allowed and everything else denied (no namespaces:
+    /// only the resolver's decisions are under test).
+    fn net(allow: &[&str]) -> SpriteNet {
+        let policy = Policy::allow_only(allow);
+        let compiled = policy.compile().unwrap();
+        SpriteNet {
+            plan: Plan::new("sprite-props", 0),
+            policy: Mutex::new((policy, compiled)),
+            resolved: Mutex::new(HashMap::new()),
+            dns: Mutex::new(None),
+        }
+    }
+
+    /// Names by their labels; the last two would print as an allowed name if labels were
+    /// joined without care (a dot or a NUL inside a label).
+    const NAMES: &[&[&[u8]]] = &[
+        &[b"ok", b"test"],
+        &[b"ok2", b"test"],
+        &[b"bad", b"test"],
+        &[b"bad2", b"test"],
+        &[b"ok.test"],
+        &[b"ok\0", b"test"],
+    ];
+    const ALLOWED: &[&str] = &["ok.test", "ok2.test"];
+
+    fn record() -> impl Strategy<Value = Record> {
+        let name = || {
+            proptest::sample::select(NAMES)
+                .prop_map(|labels| Name::from_labels(labels.iter().map(|l| l.to_vec())).unwrap())
+        };
+        prop_oneof![
+            (name(), any::<u32>()).prop_map(|(n, a)| Record::from_rdata(
+                n,
+                60,
+                RData::A(A(Ipv4Addr::from(a)))
+            )),
+            (name(), name()).prop_map(|(n, t)| Record::from_rdata(n, 60, RData::CNAME(CNAME(t)))),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the upstream answers, the resolver opens only A records whose owner is
+        /// allowed and is the asked name or on its CNAME chain, and keeps no record of a name
+        /// that is not.
+        #[test]
+        fn only_allowed_names_open(
+            answers in proptest::collection::vec(record(), 0..12),
+            extra in proptest::collection::vec(record(), 0..4),
+        ) {
+            let n = net(ALLOWED);
+            let q = Query::query(Name::from_utf8("ok.test").unwrap(), hickory_proto::rr::RecordType::A);
+            let mut resp = Message::new(1, MessageType::Response, OpCode::Query);
+            resp.add_query(q.clone());
+            let original = answers.clone();
+            for a in answers {
+                resp.add_answer(a);
+            }
+            for a in extra {
+                resp.add_additional(a);
+            }
+            if let Some(opened) = vet(&n, &q, &mut resp) {
+                prop_assert!(resp.additionals.is_empty());
+                let kept: HashSet<String> = resp.answers.iter().map(|r| r.name.to_ascii()).collect();
+                for owner in &kept {
+                    prop_assert!(ALLOWED.contains(&owner.trim_end_matches('.')), "kept {owner}");
+                }
+                for (owner, addrs) in opened {
+                    prop_assert!(ALLOWED.contains(&owner.as_str()), "opened {owner}");
+                    for a in addrs {
+                        prop_assert!(original.iter().any(|r| matches!(&r.data, RData::A(x) if x.0 == a)
+                            && r.name.to_ascii().trim_end_matches('.') == owner));
+                    }
+                }
+            }
+        }
+
+        /// Bytes from a hostile sprite never panic the resolver; with every name denied it
+        /// never asks upstream (the unroutable upstream would make this test slow).
+        #[test]
+        fn hostile_queries_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let n = net(&[]);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let upstream: SocketAddr = "192.0.2.1:53".parse().unwrap();
+            let started = std::time::Instant::now();
+            let _ = rt.block_on(answer(&n, &bytes, upstream));
+            prop_assert!(started.elapsed() < UPSTREAM_TIMEOUT);
+        }
+    }
+}

@@ -76,6 +76,18 @@ fn valid_pattern(p: &str) -> bool {
 }
 
 impl Policy {
+    /// Allows exactly `domains` (patterns as in rules) and denies everything else.
+    pub fn allow_only(domains: &[&str]) -> Self {
+        let rule = |domain: &str, action: &str| Rule {
+            domain: Some(domain.to_string()),
+            action: Some(action.to_string()),
+            include: None,
+        };
+        let mut rules: Vec<Rule> = domains.iter().map(|d| rule(d, "allow")).collect();
+        rules.push(rule("*", "deny"));
+        Self { rules }
+    }
+
     /// Validates and compiles; the error is a readable reason.
     pub fn compile(&self) -> Result<Compiled, String> {
         let mut entries = Vec::new();

@@ -174,12 +174,7 @@ async fn dns_opens_only_answers_for_allowed_names() {
         "wrongq.test",
         "spoof.test",
     ];
-    let mut rules: Vec<_> = allow
-        .iter()
-        .map(|d| serde_json::json!({"domain": d, "action": "allow"}))
-        .collect();
-    rules.push(serde_json::json!({"domain": "*", "action": "deny"}));
-    let policy: Policy = serde_json::from_value(serde_json::json!({ "rules": rules })).unwrap();
+    let policy = Policy::allow_only(&allow);
     s.net.set_policy(&s.id, policy).unwrap();
     let a_of = |n: &str| s.ask(&query(&[(n, RecordType::A)]));
 

@@ -235,7 +235,8 @@ impl MicroVmBackend {
         // connection requested while the guest's vsock driver is still coming up can wedge
         // vhost-device-vsock for good (seen in CI).
         loop {
-            let console = std::fs::read_to_string(&p.console).unwrap_or_default();
+            // The end only: the guest writes the console and may write a lot of it.
+            let console = sprites_runtime::host::file_tail(&p.console, 64 << 10);
             if console.lines().any(|l| l.contains(proto::READY_MARK)) {
                 break;
             }
@@ -384,8 +385,13 @@ impl Backend for MicroVmBackend {
             .arg("-object")
             .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", p.console.display()))
+            // Appending, so that trimming the log (see `trim_console`) starts it over.
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=con,path={},append=on",
+                p.console.display()
+            ))
+            .args(["-serial", "chardev:con"])
             .arg("-kernel")
             .arg(self.guest.kernel())
             .arg("-initrd")
@@ -470,6 +476,7 @@ impl Backend for MicroVmBackend {
 
     async fn connect(&self, spec: &SpriteSpec) -> Result<AgentStream, BackendError> {
         let p = self.paths(&spec.id);
+        trim_console(&p.console);
         if p.dir.join("paused").exists() {
             // A connection request left pending in a paused guest's vsock queue can wedge
             // vhost-device-vsock, so none is made; the runtime resumes sprites before use.
@@ -627,5 +634,44 @@ impl Backend for MicroVmBackend {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+}
+
+/// Largest console log kept: the guest writes it and may write without end.
+const CONSOLE_CAP: u64 = 8 << 20;
+
+/// Starts the console log over once it passes [`CONSOLE_CAP`]. QEMU appends, so its next
+/// write lands at the new end. Called on every connection to the agent (the idle detector
+/// makes one each tick while the sprite runs), so the log stays within a tick's output of
+/// the cap.
+fn trim_console(path: &std::path::Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > CONSOLE_CAP) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn the_console_log_starts_over_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        // Opened the way QEMU's `append=on` opens it.
+        let mut qemu = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        qemu.write_all(&vec![b'x'; 1 << 20]).unwrap();
+        super::trim_console(&log);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 1 << 20, "small: kept");
+        qemu.write_all(&vec![b'x'; super::CONSOLE_CAP as usize]).unwrap();
+        super::trim_console(&log);
+        qemu.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"after\n");
     }
 }

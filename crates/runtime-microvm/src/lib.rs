@@ -668,8 +668,13 @@ mod tests {
             .unwrap();
         qemu.write_all(&vec![b'x'; 1 << 20]).unwrap();
         super::trim_console(&log);
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 1 << 20, "small: kept");
-        qemu.write_all(&vec![b'x'; super::CONSOLE_CAP as usize]).unwrap();
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            1 << 20,
+            "small: kept"
+        );
+        qemu.write_all(&vec![b'x'; super::CONSOLE_CAP as usize])
+            .unwrap();
         super::trim_console(&log);
         qemu.write_all(b"after\n").unwrap();
         assert_eq!(std::fs::read(&log).unwrap(), b"after\n");

@@ -234,15 +234,6 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
         crate::disk_quota::DiskQuota::new(&paths.disk_mnt, &cfg.spec.disk, cfg.spec.disk_limit)
             .map_err(ctx("measuring the disk for its quota"))?;
     quota.adjust().map_err(ctx("sizing the disk quota"))?;
-    let quota_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let quota_thread = {
-        let stop = quota_stop.clone();
-        std::thread::spawn(move || quota.run(&stop))
-    };
-    let stop_quota = move || {
-        quota_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = quota_thread.join();
-    };
 
     let cgroup = Cgroup::new(&cfg.cgroup_instance, &cfg.spec.id);
     cgroup
@@ -353,7 +344,6 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     if let Err(e) = setup {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
         let _ = waitpid(child, None);
-        stop_quota();
         teardown(&paths, &cgroup);
         return Err(e);
     }
@@ -364,18 +354,25 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
     let _ = File::from(err_r).read_to_string(&mut err);
     if !err.is_empty() {
         let _ = waitpid(child, None);
-        stop_quota();
         teardown(&paths, &cgroup);
         return Err(err);
     }
     if let Some(mut r) = ready.take() {
         r.write_all(b"ok\n").map_err(ctx("reporting readiness"))?;
     }
+    // Only now, with the sprite's processes forked: a thread started earlier could hold a
+    // lock (stderr, say) at the moment of a fork, and the child would wait on it for ever.
+    let quota_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quota_thread = {
+        let stop = quota_stop.clone();
+        std::thread::spawn(move || quota.run(&stop))
+    };
     relay_log(log_r, &paths.agent_log);
     let status = waitpid(child, None);
     eprintln!("sprite {} ended: {status:?}", cfg.spec.id);
     let _ = cgroup.kill_all();
-    stop_quota();
+    quota_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = quota_thread.join();
     teardown(&paths, &cgroup);
     Ok(())
 }

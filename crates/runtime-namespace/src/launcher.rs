@@ -53,6 +53,9 @@ pub struct LaunchConfig {
     /// Network namespace to join (made by the network crate); `None` = loopback only.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// lxcfs mount whose files PID 1 binds over `/proc` (see [`crate::lxcfs`]).
+    #[serde(default)]
+    pub lxcfs: Option<PathBuf>,
 }
 
 /// Size of the uid/gid range of each sprite.
@@ -646,7 +649,7 @@ fn child_main(
     // SAFETY: single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let e = pid1_main(fds, &prog, &extra_env);
+            let e = pid1_main(fds, &prog, &extra_env, cfg.lxcfs.as_deref());
             fail(e)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -676,8 +679,13 @@ fn borrowed(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
 }
 
 /// P: becomes the sprite's PID 1. Returns only on failure, with the reason.
-fn pid1_main(fds: &ChildFds, prog: &seccompiler::BpfProgram, extra_env: &[CString]) -> String {
-    match pid1_setup(fds, prog, extra_env) {
+fn pid1_main(
+    fds: &ChildFds,
+    prog: &seccompiler::BpfProgram,
+    extra_env: &[CString],
+    lxcfs: Option<&Path>,
+) -> String {
+    match pid1_setup(fds, prog, extra_env, lxcfs) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -687,6 +695,7 @@ fn pid1_setup(
     fds: &ChildFds,
     prog: &seccompiler::BpfProgram,
     extra_env: &[CString],
+    lxcfs: Option<&Path>,
 ) -> Res<std::convert::Infallible> {
     // The working directory is the sprite's root (see child_main). Mounts copied from the
     // launcher's namespace are locked and pivot_root refuses a locked new root, so the root
@@ -712,6 +721,24 @@ fn pid1_setup(
     ) {
         // Not fatal: few programs need /sys, and some hosts refuse it inside a user namespace.
         eprintln!("warning: mounting /sys: {e}");
+    }
+    // The sprite's own memory, uptime, load and CPUs, rendered by lxcfs for whoever reads.
+    if let Some(lx) = lxcfs {
+        for f in crate::lxcfs::FILES {
+            let (src, dst) = (lx.join(f), Path::new(f));
+            if !dst.exists() {
+                continue;
+            }
+            if let Err(e) = mount(
+                Some(&src),
+                dst,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ) {
+                eprintln!("warning: binding lxcfs {f}: {e}");
+            }
+        }
     }
     mount(
         Some("devpts"),

@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod disk_quota;
 mod idmap;
 pub mod launcher;
+pub mod lxcfs;
 mod seccomp;
 
 use std::ffi::OsString;
@@ -43,6 +44,9 @@ pub struct NamespaceConfig {
     pub network: Option<std::sync::Arc<sprites_network::Network>>,
     /// Processes all sprites of this server may have together (the cgroup above them).
     pub pids_total: Option<u64>,
+    /// A working lxcfs mount ([`lxcfs::ensure`]): sprites see their own memory, uptime and
+    /// load in `/proc`. `None`: they see the host's.
+    pub lxcfs: Option<PathBuf>,
 }
 
 /// The namespace backend.
@@ -235,6 +239,7 @@ impl Backend for NamespaceBackend {
             agent_bin: self.cfg.agent_bin.clone(),
             cgroup_instance: self.cfg.cgroup_instance.clone(),
             netns,
+            lxcfs: self.cfg.lxcfs.clone(),
         };
         let cfg_path = run_dir.join("launch.json");
         std::fs::write(

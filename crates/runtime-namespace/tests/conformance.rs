@@ -28,6 +28,7 @@ fn env() -> Env {
         cgroup_instance: sprites_testing::instance_name(dir.path()),
         network: None,
         pids_total: None,
+        lxcfs: None,
     });
     Env {
         backend: Arc::new(backend),

@@ -368,6 +368,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             launcher: vec![std::env::current_exe()?.into_os_string(), "__launch".into()],
             cgroup_instance: cfg.instance(),
             pids_total: Some(cfg.limits.pids_total),
+            lxcfs: match sprites_runtime_namespace::lxcfs::ensure() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("sprites will see the host's memory and uptime in /proc: {e}");
+                    None
+                }
+            },
         })),
         Chosen::MicroVm(accel) => {
             let guest = sprites_storage::guest::GuestArtifacts::new(&cfg.image_dir);

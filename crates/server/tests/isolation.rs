@@ -554,3 +554,54 @@ time.sleep(30)
     let (st, _) = api.json(reqwest::Method::GET, "/v1/sprites", None).await;
     assert!(st.is_success());
 }
+
+/// A sprite sees itself in /proc (through lxcfs): its memory limit, its own uptime.
+#[tokio::test]
+async fn a_sprite_sees_its_own_memory_and_uptime() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    let (st, v) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/sprites",
+            Some(serde_json::json!({"name": "me", "config": {"ram_mb": 512}})),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
+    let o = api
+        .sh(
+            "me",
+            "free -b | awk '/^Mem:/{print $2}'; cut -d' ' -f1 /proc/uptime; uptime",
+        )
+        .await;
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"536870912"), "free -b: {o:?}");
+    let up: f64 = lines[1].parse().unwrap();
+    let host_up: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        up < 60.0 && up < host_up,
+        "a new sprite's uptime is {up} s: {o:?}"
+    );
+    assert!(lines[2].contains("load average"), "{o:?}");
+    // A process using memory shows up in the sprite's own "used".
+    let o = api
+        .sh(
+            "me",
+            "python3 -c \"b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); import subprocess; print(subprocess.run(['free','-m'],capture_output=True,text=True).stdout)\"",
+        )
+        .await;
+    let used: u64 = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Mem:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{o:?}"));
+    assert!((200..512).contains(&used), "used {used} MiB: {o:?}");
+}

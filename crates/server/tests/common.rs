@@ -56,10 +56,15 @@ impl Api {
     }
 
     pub async fn create(&self, name: &str) -> Value {
+        self.create_with(json!({ "name": name })).await
+    }
+
+    /// Creates a sprite from a whole request body (config, labels, ...).
+    pub async fn create_with(&self, body: Value) -> Value {
         let (st, v) = self
-            .json(Method::POST, "/v1/sprites", Some(json!({ "name": name })))
+            .json(Method::POST, "/v1/sprites", Some(body.clone()))
             .await;
-        assert_eq!(st, StatusCode::CREATED, "create {name}: {v}");
+        assert_eq!(st, StatusCode::CREATED, "create {body}: {v}");
         v
     }
 

@@ -352,14 +352,9 @@ async fn out_of_range_sizes_are_a_clear_400() {
 async fn cgroup_limits_apply() {
     let s = TestServer::start().unwrap();
     let api = Api::new(&s);
-    let (st, v) = api
-        .json(
-            reqwest::Method::POST,
-            "/v1/sprites",
-            Some(serde_json::json!({"name": "small", "config": {"ram_mb": 64}})),
-        )
+    let v = api
+        .create_with(serde_json::json!({"name": "small", "config": {"ram_mb": 64}}))
         .await;
-    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
     assert_eq!(v["config"]["ram_mb"], 64);
     let id = v["id"].as_str().unwrap();
     let instance = sprites_testing::instance_name(&s.data_dir);
@@ -462,14 +457,8 @@ async fn a_sprite_cannot_fill_the_host() {
     api.create("third").await;
 
     // A quota of 1 GB holds on a host with room for more.
-    let (st, v) = api
-        .json(
-            reqwest::Method::POST,
-            "/v1/sprites",
-            Some(serde_json::json!({"name": "small", "config": {"storage_gb": 1}})),
-        )
+    api.create_with(serde_json::json!({"name": "small", "config": {"storage_gb": 1}}))
         .await;
-    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
     let seen = avail(&api.sh("small", df).await);
     assert!(seen <= 1_000_000_000, "a 1 GB quota shows {seen} free");
     let o = api
@@ -560,14 +549,8 @@ time.sleep(30)
 async fn a_sprite_sees_its_own_memory_and_uptime() {
     let s = TestServer::start().unwrap();
     let api = Api::new(&s);
-    let (st, v) = api
-        .json(
-            reqwest::Method::POST,
-            "/v1/sprites",
-            Some(serde_json::json!({"name": "me", "config": {"ram_mb": 512}})),
-        )
+    api.create_with(serde_json::json!({"name": "me", "config": {"ram_mb": 512}}))
         .await;
-    assert_eq!(st, reqwest::StatusCode::CREATED, "{v}");
     let o = api
         .sh(
             "me",

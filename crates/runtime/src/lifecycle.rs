@@ -82,6 +82,8 @@ struct SlotState {
 struct Slot {
     inner: tokio::sync::Mutex<SlotState>,
     holds: AtomicUsize,
+    /// The idle detector is looking at this sprite (its probe may take a while).
+    visiting: std::sync::atomic::AtomicBool,
 }
 
 /// Keeps a sprite awake while alive (an in-flight request, an open connection).
@@ -311,8 +313,10 @@ impl Runtime {
     }
 
     /// Looks at every known sprite once: freezes the idle running ones, stops the ones warm
-    /// for too long. Returns the transitions made.
-    pub async fn idle_pass(&self, policy: &IdlePolicy) -> Vec<Transition> {
+    /// for too long. Each sprite is looked at in a task of its own, and a sprite still being
+    /// looked at from an earlier tick is skipped: an agent may take its whole probe timeout
+    /// to answer, or never answer, and must not hold back any other sprite's sleep.
+    pub fn idle_pass(self: &Arc<Self>, policy: IdlePolicy) {
         let slots: Vec<Arc<Slot>> = self
             .slots
             .lock()
@@ -320,77 +324,75 @@ impl Runtime {
             .values()
             .cloned()
             .collect();
-        let mut made = Vec::new();
         for slot in slots {
-            if slot.holds.load(Ordering::SeqCst) > 0 {
-                // A request is in flight or a connection open: not idle.
-                if let Ok(mut g) = slot.inner.try_lock() {
-                    g.idle_since = None;
-                }
+            if slot.visiting.swap(true, Ordering::SeqCst) {
                 continue;
             }
-            let (state, spec, idle_since, warm_since) = {
-                let g = slot.inner.lock().await;
-                match (&g.state, &g.spec) {
-                    (Some(s), Some(spec)) => (*s, spec.clone(), g.idle_since, g.warm_since),
-                    _ => continue,
-                }
-            };
-            let now = Instant::now();
-            match state {
-                State::Running => {
-                    if self.agent_active(&spec).await {
-                        slot.inner.lock().await.idle_since = None;
-                        continue;
-                    }
-                    let since = idle_since.unwrap_or(now);
-                    let mut g = slot.inner.lock().await;
-                    g.idle_since = Some(since);
-                    if now.duration_since(since) < policy.warm_after
-                        || slot.holds.load(Ordering::SeqCst) > 0
-                        || g.state != Some(State::Running)
-                    {
-                        continue;
-                    }
-                    match self.backend.pause(&spec).await {
-                        Ok(()) => {
-                            self.set(&mut g, &spec, State::Warm);
-                            made.push(Transition {
-                                id: spec.id.clone(),
-                                state: State::Warm,
-                            });
-                        }
-                        Err(e) => tracing::warn!(id = %spec.id, "pausing idle sprite: {e}"),
-                    }
-                }
-                State::Warm => {
-                    let Some(since) = warm_since else { continue };
-                    if now.duration_since(since) < policy.cold_after {
-                        continue;
-                    }
-                    let mut g = slot.inner.lock().await;
-                    if slot.holds.load(Ordering::SeqCst) > 0 || g.state != Some(State::Warm) {
-                        continue;
-                    }
-                    let stopped = async {
-                        self.backend.resume(&spec).await?;
-                        self.backend.stop(&spec).await
-                    };
-                    match stopped.await {
-                        Ok(()) => {
-                            self.set(&mut g, &spec, State::Cold);
-                            made.push(Transition {
-                                id: spec.id.clone(),
-                                state: State::Cold,
-                            });
-                        }
-                        Err(e) => tracing::warn!(id = %spec.id, "stopping warm sprite: {e}"),
-                    }
-                }
-                State::Cold => {}
-            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.visit_idle(slot.clone(), &policy).await;
+                slot.visiting.store(false, Ordering::SeqCst);
+            });
         }
-        made
+    }
+
+    /// One sprite's turn in [`Runtime::idle_pass`]; transitions go out as events.
+    async fn visit_idle(&self, slot: Arc<Slot>, policy: &IdlePolicy) {
+        if slot.holds.load(Ordering::SeqCst) > 0 {
+            // A request is in flight or a connection open: not idle.
+            if let Ok(mut g) = slot.inner.try_lock() {
+                g.idle_since = None;
+            }
+            return;
+        }
+        let (state, spec, idle_since, warm_since) = {
+            let g = slot.inner.lock().await;
+            match (&g.state, &g.spec) {
+                (Some(s), Some(spec)) => (*s, spec.clone(), g.idle_since, g.warm_since),
+                _ => return,
+            }
+        };
+        let now = Instant::now();
+        match state {
+            State::Running => {
+                if self.agent_active(&spec).await {
+                    slot.inner.lock().await.idle_since = None;
+                    return;
+                }
+                let since = idle_since.unwrap_or(now);
+                let mut g = slot.inner.lock().await;
+                g.idle_since = Some(since);
+                if now.duration_since(since) < policy.warm_after
+                    || slot.holds.load(Ordering::SeqCst) > 0
+                    || g.state != Some(State::Running)
+                {
+                    return;
+                }
+                match self.backend.pause(&spec).await {
+                    Ok(()) => self.set(&mut g, &spec, State::Warm),
+                    Err(e) => tracing::warn!(id = %spec.id, "pausing idle sprite: {e}"),
+                }
+            }
+            State::Warm => {
+                let Some(since) = warm_since else { return };
+                if now.duration_since(since) < policy.cold_after {
+                    return;
+                }
+                let mut g = slot.inner.lock().await;
+                if slot.holds.load(Ordering::SeqCst) > 0 || g.state != Some(State::Warm) {
+                    return;
+                }
+                let stopped = async {
+                    self.backend.resume(&spec).await?;
+                    self.backend.stop(&spec).await
+                };
+                match stopped.await {
+                    Ok(()) => self.set(&mut g, &spec, State::Cold),
+                    Err(e) => tracing::warn!(id = %spec.id, "stopping warm sprite: {e}"),
+                }
+            }
+            State::Cold => {}
+        }
     }
 
     /// Whether the agent reports work (attached sessions, recent output, live tasks).
@@ -412,7 +414,7 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.idle_pass(&policy).await;
+            self.idle_pass(policy);
         }
     }
 }

@@ -184,3 +184,28 @@ async fn an_attached_session_keeps_the_sprite_running() {
     );
     wait_status(&api, "held", "warm", Duration::from_secs(10)).await;
 }
+
+/// Agents that never answer (a hostile guest can make its agent do that) cost their own
+/// sprites their sleep, not everyone's: the idle detector looks at sprites concurrently, so
+/// a quiet sprite still goes warm on time while three silent agents time out.
+#[tokio::test]
+async fn silent_agents_do_not_hold_back_other_sprites_sleep() {
+    let s = TestServer::start_with(FAST).unwrap();
+    let api = Api::new(&s);
+    let mut stopped = Vec::new();
+    for i in 0..3 {
+        let id = api.create(&format!("silent{i}")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pid = s.agent_pid(&id).expect("the agent's pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGSTOP).unwrap();
+        stopped.push(pid);
+    }
+    api.create("quiet").await;
+    // Before, each pass waited 2 s for every silent agent in turn.
+    wait_status(&api, "quiet", "warm", Duration::from_secs(3)).await;
+    for pid in stopped {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGCONT);
+    }
+}

@@ -39,11 +39,15 @@ pub enum Event {
 
 /// The default environment of commands, before the request's own variables.
 pub fn default_env(tty: bool) -> Vec<(String, String)> {
+    // The user's own tool directories first (pip --user, cargo install, go install), as a
+    // developer's login shell has them, then the system's; Go's toolchain lives in
+    // /usr/local/go where the image has one.
+    let path = format!(
+        "{h}/.local/bin:{h}/.cargo/bin:{h}/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/go/bin",
+        h = SPRITE_HOME
+    );
     let mut env: Vec<(String, String)> = [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
+        ("PATH", path.as_str()),
         ("HOME", SPRITE_HOME),
         ("USER", "sprite"),
         ("LOGNAME", "sprite"),

@@ -88,6 +88,19 @@ async fn output_exit_codes_stdin_env_dir() {
         o.stdout, "yes a=b\n",
         "create-time environment reaches commands"
     );
+    // What a developer expects: user tool directories on PATH (pip --user, cargo, go).
+    let o = api
+        .sh(
+            "envy",
+            "mkdir -p ~/.local/bin ~/.cargo/bin && printf '#!/bin/sh\\necho mine\\n' > ~/.local/bin/mytool && chmod +x ~/.local/bin/mytool && echo $HOME $USER $SHELL $LANG",
+        )
+        .await;
+    assert_eq!(o.stdout, "/home/sprite sprite /bin/bash C.UTF-8\n", "{o:?}");
+    assert_eq!(api.exec("envy", &["mytool"]).await.stdout, "mine\n");
+    let o = api.sh("envy", "echo $PATH").await;
+    for dir in ["/home/sprite/.cargo/bin", "/home/sprite/go/bin", "/usr/bin"] {
+        assert!(o.stdout.split(':').any(|d| d.trim() == dir), "{dir}: {o:?}");
+    }
     let o = api
         .exec_with(
             "envy",

@@ -33,3 +33,10 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install a Rust toolchain (1.85 or newer)" >&2
     exit 1
 fi
+
+# The vhost-user vsock device microVM sprites talk to their agent through (`--backend
+# microvm`); Debian 12 does not package it. Built once, a couple of minutes.
+if ! command -v vhost-device-vsock >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]; then
+    echo "installing vhost-device-vsock (for microVM sprites)"
+    cargo install vhost-device-vsock@0.3.0 --locked --quiet
+fi

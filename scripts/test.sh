@@ -19,10 +19,6 @@ fi
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     cargo install s3s-fs@0.14.1 --locked --features binary --quiet
 fi
-# The vhost-user vsock device microVM sprites talk to their agent through.
-if ! command -v vhost-device-vsock >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]; then
-    cargo install vhost-device-vsock@0.3.0 --locked --quiet
-fi
 cargo test --workspace --quiet
 SPRITESD_BIN="$PWD/target/debug/spritesd" bash tests/python/run.sh
 (cd tests/js && npm ci --no-audit --no-fund --engine-strict=false --loglevel=error && SPRITESD_BIN="$OLDPWD/target/debug/spritesd" npm test)

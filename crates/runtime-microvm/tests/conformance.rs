@@ -71,6 +71,7 @@ impl Env {
             memory_limit: 512 << 20,
             pids_limit: 512,
             disk_limit: None,
+            cpu_limit: None,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
             host_dir: None,
         }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const V1_CONTROLLERS: &[&str] = &["memory", "pids", "freezer"];
+/// v1 hierarchies used where the host mounts them: CPU quota and accounting (what lxcfs
+/// reads for a sprite's CPUs, `/proc/stat` and load).
+const V1_OPTIONAL: &[&str] = &["cpu", "cpuacct"];
 
 /// Caps the processes of every sprite of server `instance` together, so that sprites can
 /// never take the host's last process ids (each sprite has its own limit below this one).
@@ -19,7 +22,7 @@ pub fn limit_instance(instance: &str, pids: u64) -> io::Result<()> {
     let dir = if root.join("cgroup.controllers").exists() {
         let mut d = root.to_path_buf();
         for part in rel.iter() {
-            let _ = std::fs::write(d.join("cgroup.subtree_control"), "+memory +pids");
+            enable_v2_controllers(&d);
             d.push(part);
             std::fs::create_dir_all(&d)?;
         }
@@ -32,12 +35,21 @@ pub fn limit_instance(instance: &str, pids: u64) -> io::Result<()> {
     std::fs::write(dir.join("pids.max"), pids.to_string())
 }
 
+/// Enables the controllers sprites use below `dir` (v2). One write each: a write naming a
+/// controller the host does not delegate fails whole.
+fn enable_v2_controllers(dir: &Path) {
+    for c in ["+memory", "+pids", "+cpu"] {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
+    }
+}
+
 /// The cgroup(s) of one sprite.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     v2: bool,
-    /// v2: one directory. v1: one per controller, in [`V1_CONTROLLERS`] order.
+    /// v2: one directory. v1: one per controller, named in `controllers`.
     dirs: Vec<PathBuf>,
+    controllers: Vec<&'static str>,
 }
 
 impl Cgroup {
@@ -49,31 +61,46 @@ impl Cgroup {
     fn under(root: &Path, instance: &str, id: &str) -> Self {
         let v2 = root.join("cgroup.controllers").exists();
         let rel = Path::new("sprites").join(instance).join(id);
-        let dirs = if v2 {
-            vec![root.join(&rel)]
+        let (dirs, controllers) = if v2 {
+            (vec![root.join(&rel)], Vec::new())
         } else {
-            V1_CONTROLLERS
+            let controllers: Vec<&'static str> = V1_CONTROLLERS
+                .iter()
+                .chain(
+                    V1_OPTIONAL
+                        .iter()
+                        .filter(|c| root.join(c).join("cgroup.procs").exists()),
+                )
+                .copied()
+                .collect();
+            let dirs = controllers
                 .iter()
                 .map(|c| root.join(c).join(&rel))
-                .collect()
+                .collect();
+            (dirs, controllers)
         };
-        Self { v2, dirs }
-    }
-
-    fn dir(&self, controller: &str) -> &Path {
-        if self.v2 {
-            &self.dirs[0]
-        } else {
-            let i = V1_CONTROLLERS
-                .iter()
-                .position(|c| *c == controller)
-                .unwrap_or(0);
-            &self.dirs[i]
+        Self {
+            v2,
+            dirs,
+            controllers,
         }
     }
 
-    /// Creates the cgroup and sets its limits.
-    pub fn create(&self, memory: u64, pids: u64) -> io::Result<()> {
+    /// The directory of `controller`; `None` on v1 when the host does not mount it.
+    fn dir_of(&self, controller: &str) -> Option<&Path> {
+        if self.v2 {
+            return Some(&self.dirs[0]);
+        }
+        let i = self.controllers.iter().position(|c| *c == controller)?;
+        Some(&self.dirs[i])
+    }
+
+    fn dir(&self, controller: &str) -> &Path {
+        self.dir_of(controller).unwrap_or(&self.dirs[0])
+    }
+
+    /// Creates the cgroup and sets its limits; `cpus` caps its CPU time at that many CPUs.
+    pub fn create(&self, memory: u64, pids: u64, cpus: Option<u32>) -> io::Result<()> {
         if self.v2 {
             // Controllers must be enabled in every ancestor's subtree_control.
             let dir = &self.dirs[0];
@@ -85,12 +112,16 @@ impl Cgroup {
             ancestors.reverse();
             for a in ancestors {
                 std::fs::create_dir_all(a)?;
-                let _ = std::fs::write(a.join("cgroup.subtree_control"), "+memory +pids");
+                enable_v2_controllers(a);
             }
             std::fs::create_dir_all(dir)?;
             std::fs::write(dir.join("memory.max"), memory.to_string())?;
             let _ = std::fs::write(dir.join("memory.swap.max"), "0");
             std::fs::write(dir.join("pids.max"), pids.to_string())?;
+            if let Some(n) = cpus {
+                // Not fatal: a host may not delegate the cpu controller.
+                let _ = std::fs::write(dir.join("cpu.max"), format!("{} 100000", n * 100_000));
+            }
         } else {
             for d in &self.dirs {
                 std::fs::create_dir_all(d)?;
@@ -100,6 +131,10 @@ impl Cgroup {
                 memory.to_string(),
             )?;
             std::fs::write(self.dir("pids").join("pids.max"), pids.to_string())?;
+            if let (Some(n), Some(cpu)) = (cpus, self.dir_of("cpu")) {
+                let _ = std::fs::write(cpu.join("cpu.cfs_period_us"), "100000");
+                let _ = std::fs::write(cpu.join("cpu.cfs_quota_us"), (n * 100_000).to_string());
+            }
         }
         Ok(())
     }

@@ -240,7 +240,11 @@ fn supervise(cfg: &LaunchConfig, ready: &mut Option<File>) -> Res<()> {
 
     let cgroup = Cgroup::new(&cfg.cgroup_instance, &cfg.spec.id);
     cgroup
-        .create(cfg.spec.memory_limit, cfg.spec.pids_limit)
+        .create(
+            cfg.spec.memory_limit,
+            cfg.spec.pids_limit,
+            cfg.spec.cpu_limit,
+        )
         .map_err(ctx("creating cgroup"))?;
 
     let _ = std::fs::remove_file(&paths.socket);

@@ -39,6 +39,9 @@ pub struct SpriteSpec {
     pub memory_limit: u64,
     /// Most processes the sprite may have.
     pub pids_limit: u64,
+    /// CPUs' worth of time the sprite may use (`None`: no cap).
+    #[serde(default)]
+    pub cpu_limit: Option<u32>,
     /// Most bytes the sprite may store on its disk (`None`: the disk's size). The host's
     /// free space bounds it too.
     #[serde(default)]

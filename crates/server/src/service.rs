@@ -101,6 +101,7 @@ impl Sprites {
             memory_limit,
             pids_limit: self.cfg.pids_limit,
             disk_limit: config.storage_gb.map(|gb| gb.saturating_mul(1_000_000_000)),
+            cpu_limit: config.cpus,
             env: serde_json::from_str(&rec.environment).unwrap_or_default(),
             host_dir: Some(crate::hostapi::host_dir(&self.cfg.data_dir, &rec.id)),
         }

@@ -588,3 +588,36 @@ async fn a_sprite_sees_its_own_memory_and_uptime() {
         .unwrap_or_else(|| panic!("{o:?}"));
     assert!((200..512).contains(&used), "used {used} MiB: {o:?}");
 }
+
+/// `cpus` caps a sprite's CPU time (a CFS quota of that many CPUs).
+#[tokio::test]
+async fn a_sprite_has_the_cpus_it_asked_for() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    let v = api
+        .create_with(serde_json::json!({"name": "one", "config": {"cpus": 1}}))
+        .await;
+    let id = v["id"].as_str().unwrap();
+    let instance = sprites_testing::instance_name(&s.data_dir);
+    let (quota_file, want) = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        (
+            format!("/sys/fs/cgroup/sprites/{instance}/{id}/cpu.max"),
+            "100000 100000",
+        )
+    } else {
+        (
+            format!("/sys/fs/cgroup/cpu/sprites/{instance}/{id}/cpu.cfs_quota_us"),
+            "100000",
+        )
+    };
+    assert_eq!(std::fs::read_to_string(quota_file).unwrap().trim(), want);
+    // The sprite's processes are in that cgroup (seen from the host: the sprite has its
+    // own cgroup namespace).
+    let pid = s.agent_pid(id).expect("the agent's pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cg.lines()
+            .any(|l| (l.contains(":cpu:") || l.starts_with("0::")) && l.ends_with(id)),
+        "{cg}"
+    );
+}

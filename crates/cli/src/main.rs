@@ -126,6 +126,18 @@ pub enum Cmd {
         /// Destination: a local path, or :PATH in the sprite.
         dest: String,
     },
+    /// Print a shell completion script (generated from this command tree).
+    ///
+    /// Examples:
+    ///   sprite completion bash > /etc/bash_completion.d/sprite
+    ///   sprite completion zsh > "${fpath[1]}/_sprite"
+    ///   sprite completion fish > ~/.config/fish/completions/sprite.fish
+    ///   sprite completion powershell >> $PROFILE
+    #[command(verbatim_doc_comment)]
+    Completion {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).

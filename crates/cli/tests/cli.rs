@@ -534,3 +534,46 @@ fn cp_and_exec_file() {
     );
     assert!(err.contains("cannot read /no/such"), "{err}");
 }
+
+/// `sprite completion bash` is a script bash really completes with: subcommands, their
+/// flags; the other shells get theirs.
+#[test]
+fn shell_completion_scripts() {
+    let sprite = sprites_testing::bin_dir().join("sprite");
+    let script = |shell: &str| {
+        let o = std::process::Command::new(&sprite)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}: {o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("sprite.bash");
+    std::fs::write(&bash, script("bash")).unwrap();
+    let complete = |words: &str| {
+        let cword = words.split(' ').count() - 1;
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; COMP_POINT=${{#COMP_LINE}}; _sprite sprite; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                bash.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let words = complete("sprite chec");
+    assert!(words.lines().any(|w| w == "checkpoint"), "{words}");
+    let words = complete("sprite checkpoint list --");
+    assert!(words.lines().any(|w| w == "--include-auto"), "{words}");
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        assert!(script(shell).contains("checkpoint"), "{shell}");
+    }
+    let o = std::process::Command::new(&sprite)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

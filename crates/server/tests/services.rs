@@ -229,12 +229,17 @@ async fn crashes_restart_and_services_come_back_after_boot() {
             svc(&api, "boot", "db").await,
             svc(&api, "boot", "app").await,
         );
-        if db["state"]["status"] == "running" && app["state"]["status"] == "running" {
+        // "running" comes as soon as a service is spawned, before its first line runs.
+        let written = api.exec("boot", &["cat", "/tmp/order"]).await.stdout;
+        if db["state"]["status"] == "running"
+            && app["state"]["status"] == "running"
+            && written.lines().count() == 2
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "services not back after boot: {db} {app}"
+            "services not back after boot: {db} {app} {written:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -25,6 +25,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             cmd: crate::AuthCmd::Setup { token },
         } => auth::setup(&token).await,
         Cmd::Logout => auth::logout(),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "sprite", &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::Org { cmd: OrgCmd::List } => auth::org_list(),
         Cmd::Org {
             cmd: OrgCmd::Logout { force },

@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const BALLOON: &str = ".sprites-balloon";
 /// Space the host always keeps: 5% of its filesystem, at least this.
 const MIN_RESERVE: u64 = 2 << 30;
+/// Free space a sprite always keeps, so it can boot and work a little on a full host.
+const BOOT_ROOM: u64 = 32 << 20;
 /// Changes smaller than this are left for later (no fallocate per written block).
 const SLACK: u64 = 32 << 20;
 
@@ -75,7 +77,9 @@ pub fn balloon_target(
     if let Some(q) = quota {
         allowed = allowed.min(q.saturating_sub(used));
     }
-    free_without.saturating_sub(allowed)
+    // Room to boot and work in (overlay's work dir, logs), even on a full host: taken from
+    // the reserve, which is there for this.
+    free_without.saturating_sub(allowed.max(BOOT_ROOM))
 }
 
 /// Keeps the balloon of the disk image `image`, mounted (with `discard`, so that what the
@@ -218,8 +222,11 @@ mod tests {
         assert_eq!(balloon_target(fs(93 * G, left), b, None, host, 0), b);
         // A roomy host: no balloon.
         assert_eq!(balloon_target(disk, 0, None, fs(2000 * G, 1000 * G), 0), 0);
-        // A full host: the sprite has no room left at all.
-        assert_eq!(balloon_target(disk, 0, None, fs(200 * G, G), 0), 91 * G);
+        // A full host: the sprite keeps only the room to boot in.
+        assert_eq!(
+            balloon_target(disk, 0, None, fs(200 * G, G), 0),
+            91 * G - BOOT_ROOM
+        );
     }
 
     #[test]
@@ -232,10 +239,10 @@ mod tests {
             balloon_target(fs(93 * G, 8 * G), b, Some(10 * G), host, 0),
             b
         );
-        // Over quota (the quota was lowered): nothing left.
+        // Over quota (the quota was lowered): only the room to boot in.
         assert_eq!(
             balloon_target(fs(93 * G, 80 * G), 0, Some(G), host, 0),
-            80 * G
+            80 * G - BOOT_ROOM
         );
     }
 

@@ -168,6 +168,35 @@ pub struct OrgSummary {
     pub warm_limit: u64,
 }
 
+/// One line of `GET /v1/sprites` with `Accept: application/x-ndjson` (the JS SDK's
+/// `watchSprites`, `sprite list -w`): first a line per sprite, then one per state change, and
+/// a `"type":"heartbeat"` line (no name) every [`WATCH_HEARTBEAT_SECS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// `heartbeat`, or absent for a sprite's line.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The sprite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its state now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SpriteStatus>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_running_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_warming_at: Option<String>,
+    /// When the line was written, RFC 3339.
+    pub timestamp: String,
+    /// The org's counters at that time.
+    pub org: OrgSummary,
+}
+
+/// Seconds between heartbeats of a sprite watch (the JS SDK gives up after 45 s of silence).
+pub const WATCH_HEARTBEAT_SECS: u64 = 15;
+
 /// `GET /v1/sprites` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListSpritesResponse {

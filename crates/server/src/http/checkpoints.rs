@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use sprites_api::checkpoint::{Checkpoint, CreateCheckpointRequest, StreamEvent};
+use sprites_api::checkpoint::{Checkpoint, CreateCheckpointRequest};
 use tokio::sync::mpsc;
 
 use super::AppState;
@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::store::Org;
 
 /// A progress stream: one JSON line per event, flushed as it comes (exactly 200, §6.2).
-pub(crate) fn ndjson(rx: mpsc::Receiver<StreamEvent>) -> Response {
+pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
     let lines = futures::stream::unfold(rx, |mut rx| async move {
         let ev = rx.recv().await?;
         let mut line = serde_json::to_vec(&ev).expect("event serializes");

@@ -157,8 +157,13 @@ struct Continuation {
 pub async fn list(
     State(s): State<AppState>,
     Extension(org): Extension<Org>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<Vec<(String, String)>>,
-) -> Result<Json<api::ListSpritesResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let watch = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
     let mut prefix = String::new();
     let mut limit = api::MAX_LIST_RESULTS;
     let mut after = None;
@@ -186,6 +191,9 @@ pub async fn list(
             _ => {}
         }
     }
+    if watch {
+        return Ok(watch_sprites(s, org, prefix, limit).await);
+    }
     let (sprites, has_more) = s.list(&org, prefix, after, limit).await?;
     let next_continuation_token = match (has_more, sprites.last()) {
         (true, Some(last)) => {
@@ -197,20 +205,103 @@ pub async fn list(
         }
         _ => None,
     };
-    let (running, warm, cold) = s.counts(&org).await?;
-    let counters = api::OrgSummary {
-        name: org.slug.clone(),
-        running,
-        warm,
-        cold,
-        running_limit: 1000,
-        warm_limit: 10_000,
-    };
+    let counters = org_summary(&s, &org).await?;
     Ok(Json(api::ListSpritesResponse {
         sprites,
         has_more,
         next_continuation_token,
         org: counters.clone(),
         counters,
-    }))
+    })
+    .into_response())
+}
+
+async fn org_summary(s: &AppState, org: &Org) -> Result<api::OrgSummary, ApiError> {
+    let (running, warm, cold) = s.counts(org).await?;
+    Ok(api::OrgSummary {
+        name: org.slug.clone(),
+        running,
+        warm,
+        cold,
+        running_limit: 1000,
+        warm_limit: 10_000,
+    })
+}
+
+/// The watch form of the list: a line per sprite now, then a line whenever one of them (or
+/// one created later, matching `prefix`) changes state, and heartbeats. Ends when the client
+/// goes away.
+async fn watch_sprites(s: AppState, org: Org, prefix: String, limit: usize) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<api::WatchEvent>(64);
+    // Subscribed before the snapshot is taken, so no change falls between the two.
+    let mut events = s.runtime.subscribe();
+    tokio::spawn(async move {
+        let now = || api::timefmt::format_millis(crate::store::now_ms());
+        let line = |sp: &api::Sprite, org: api::OrgSummary| api::WatchEvent {
+            kind: None,
+            name: Some(sp.name.clone()),
+            status: Some(sp.status),
+            last_running_at: sp.last_running_at.clone(),
+            last_warming_at: sp.last_warming_at.clone(),
+            timestamp: now(),
+            org,
+        };
+        let Ok((sprites, _)) = s.list(&org, prefix.clone(), None, limit).await else {
+            return;
+        };
+        let Ok(summary) = org_summary(&s, &org).await else {
+            return;
+        };
+        for sp in &sprites {
+            if tx.send(line(sp, summary.clone())).await.is_err() {
+                return;
+            }
+        }
+        let mut beat =
+            tokio::time::interval(std::time::Duration::from_secs(api::WATCH_HEARTBEAT_SECS));
+        beat.tick().await;
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = beat.tick() => {
+                    let Ok(summary) = org_summary(&s, &org).await else { return };
+                    let hb = api::WatchEvent {
+                        kind: Some("heartbeat".into()),
+                        name: None,
+                        status: None,
+                        last_running_at: None,
+                        last_warming_at: None,
+                        timestamp: now(),
+                        org: summary,
+                    };
+                    if tx.send(hb).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = tx.closed() => return,
+            };
+            let id = match ev {
+                Ok(t) => t.id,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let rec = s
+                .store
+                .with(move |c| crate::store::sprite_by_id(c, &id))
+                .await;
+            let Ok(Some(rec)) = rec else { continue };
+            if rec.org_id != org.id || !rec.name.starts_with(&prefix) {
+                continue;
+            }
+            let sp = s.to_api(&org, &rec).await;
+            let Ok(summary) = org_summary(&s, &org).await else {
+                return;
+            };
+            if tx.send(line(&sp, summary)).await.is_err() {
+                return;
+            }
+        }
+    });
+    super::ndjson(rx)
 }

@@ -67,6 +67,9 @@ pub enum Cmd {
         /// Only names starting with this.
         #[arg(long)]
         prefix: Option<String>,
+        /// Keep watching: print a line whenever a sprite changes state (Ctrl-C ends).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Destroy a sprite and everything it holds.
     #[command(visible_aliases = ["delete", "rm"])]

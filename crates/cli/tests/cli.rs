@@ -577,3 +577,33 @@ fn shell_completion_scripts() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+/// `sprite list -w`: the sprites now, then each change as it happens, line by line in a pipe.
+#[test]
+fn list_watch_prints_changes_as_they_happen() {
+    use std::io::BufRead;
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "w-one", "--skip-console"]);
+    ok(&s, &["create", "elsewhere", "--skip-console"]);
+    let mut child = s
+        .cli()
+        .args(["list", "-w", "--prefix", "w-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A watch never ends by itself: if a line never comes, the test fails instead of hanging.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "w-one\trunning");
+    ok(&s, &["create", "w-two", "--skip-console"]);
+    let next = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(next, "w-two\trunning");
+}

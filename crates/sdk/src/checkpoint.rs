@@ -1,59 +1,15 @@
 //! Checkpoints (§6): create and restore stream their progress; list, get, delete are plain.
 
-use bytes::{Buf, BytesMut};
-use futures::StreamExt;
 use sprites_api::checkpoint::{Checkpoint, CreateCheckpointRequest, StreamEvent};
 
 use crate::client::{sprite_path, SpriteHandle};
 use crate::error::{Error, Result};
+use crate::ndjson::NdjsonStream;
 
 /// The NDJSON progress lines of a create or restore, as they arrive.
-pub struct Progress {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: BytesMut,
-    done: bool,
-}
+pub type Progress = NdjsonStream<StreamEvent>;
 
 impl Progress {
-    fn new(resp: reqwest::Response) -> Self {
-        Self {
-            body: resp.bytes_stream().boxed(),
-            buf: BytesMut::new(),
-            done: false,
-        }
-    }
-
-    /// The next line, or `None` once the stream ended.
-    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
-        loop {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(nl + 1);
-                let line = &line[..nl];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(line)
-                    .map(Some)
-                    .map_err(|e| Error::Protocol(format!("bad progress line: {e}")));
-            }
-            if self.done {
-                if self.buf.has_remaining() {
-                    let rest = self.buf.split();
-                    if !rest.iter().all(u8::is_ascii_whitespace) {
-                        return serde_json::from_slice(&rest)
-                            .map(Some)
-                            .map_err(|e| Error::Protocol(format!("bad progress line: {e}")));
-                    }
-                }
-                return Ok(None);
-            }
-            match self.body.next().await {
-                Some(chunk) => self.buf.extend_from_slice(&chunk?),
-                None => self.done = true,
-            }
-        }
-    }
-
     /// Reads to the end, handing each line to `each`; the `complete` message, or the `error`
     /// line as an error.
     pub async fn finish(mut self, mut each: impl FnMut(&StreamEvent)) -> Result<String> {

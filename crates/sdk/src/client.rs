@@ -157,6 +157,22 @@ impl Client {
         .await
     }
 
+    /// Watches the org's sprites under `prefix`: a line per sprite now, then one per state
+    /// change, and heartbeats (`kind == Some("heartbeat")`), until dropped.
+    pub async fn watch_sprites(
+        &self,
+        prefix: Option<&str>,
+    ) -> Result<crate::NdjsonStream<sprites_api::WatchEvent>> {
+        let mut req = self
+            .request(reqwest::Method::GET, "/v1/sprites")
+            .header(reqwest::header::ACCEPT, "application/x-ndjson");
+        if let Some(p) = prefix {
+            req = req.query(&[("prefix", p)]);
+        }
+        let resp = self.send_stream(req, &[200]).await?;
+        Ok(crate::NdjsonStream::new(resp))
+    }
+
     /// One page of sprites.
     pub async fn list_sprites(&self, opts: &ListOptions) -> Result<ListSpritesResponse> {
         let mut q: Vec<(&str, String)> = Vec::new();

@@ -18,6 +18,7 @@ mod error;
 mod exec;
 mod frames;
 mod fs;
+mod ndjson;
 mod proxy;
 
 pub use checkpoint::Progress;
@@ -25,5 +26,6 @@ pub use client::{Client, ListOptions, SpriteHandle};
 pub use error::{Error, Result};
 pub use exec::{Child, ChildOutput, ChildStdin, Command, KillEvent, Output, SessionInfo};
 pub use fs::{ByteStream, FileInfo, TarSummary, SPRITE_HOME};
+pub use ndjson::NdjsonStream;
 pub use proxy::{PortMapping, ProxyManager, ProxySession, ProxyStream};
 pub use sprites_api as api;

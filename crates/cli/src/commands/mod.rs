@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     sprites::create(&ctx, name, skip_console).await
                 }
                 Cmd::Use { name } => sprites::use_sprite(&ctx, &name).await,
-                Cmd::List { prefix } => sprites::list(&ctx, prefix).await,
+                Cmd::List { prefix, watch } => sprites::list(&ctx, prefix, watch).await,
                 Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,
                 Cmd::Url { cmd } => sprites::url(&ctx, cmd).await,
                 Cmd::Exec(args) => exec::exec(&ctx, args).await,

@@ -35,7 +35,21 @@ pub async fn use_sprite(ctx: &Ctx, name: &str) -> Result<i32> {
 }
 
 /// `sprite list [--prefix P]`.
-pub async fn list(ctx: &Ctx, prefix: Option<String>) -> Result<i32> {
+pub async fn list(ctx: &Ctx, prefix: Option<String>, watch: bool) -> Result<i32> {
+    if watch {
+        // Each line as it comes: the sprites now, then their changes.
+        let mut stream = ctx
+            .client()?
+            .watch_sprites(prefix.as_deref())
+            .await
+            .map_err(friendly)?;
+        while let Some(ev) = stream.next().await.map_err(friendly)? {
+            if let (Some(name), Some(status)) = (ev.name, ev.status) {
+                println!("{name}\t{}", status.as_str());
+            }
+        }
+        return Ok(0);
+    }
     let all = ctx
         .client()?
         .list_all_sprites(prefix.as_deref())

@@ -238,13 +238,24 @@ print(json.dumps(out))
     );
 }
 
-fn memory_max_path(s: &TestServer, id: &str) -> String {
+fn cgroup_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// A file of sprite `id`'s cgroup: `v2` in the unified hierarchy, else `v1` (`controller/file`)
+/// in the legacy one.
+fn cgroup_file(s: &TestServer, id: &str, v2: &str, v1: &str) -> String {
     let instance = sprites_testing::instance_name(&s.data_dir);
-    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        format!("/sys/fs/cgroup/sprites/{instance}/{id}/memory.max")
+    if cgroup_v2() {
+        format!("/sys/fs/cgroup/sprites/{instance}/{id}/{v2}")
     } else {
-        format!("/sys/fs/cgroup/memory/sprites/{instance}/{id}/memory.limit_in_bytes")
+        let (controller, file) = v1.split_once('/').expect("controller/file");
+        format!("/sys/fs/cgroup/{controller}/sprites/{instance}/{id}/{file}")
     }
+}
+
+fn memory_max_path(s: &TestServer, id: &str) -> String {
+    cgroup_file(s, id, "memory.max", "memory/memory.limit_in_bytes")
 }
 
 /// Touching `mb` MiB in `sprite` gets the process killed (and the host keeps its memory).
@@ -357,19 +368,10 @@ async fn cgroup_limits_apply() {
         .await;
     assert_eq!(v["config"]["ram_mb"], 64);
     let id = v["id"].as_str().unwrap();
-    let instance = sprites_testing::instance_name(&s.data_dir);
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let (mem, pids) = if v2 {
-        (
-            format!("/sys/fs/cgroup/sprites/{instance}/{id}/memory.max"),
-            format!("/sys/fs/cgroup/sprites/{instance}/{id}/pids.max"),
-        )
-    } else {
-        (
-            format!("/sys/fs/cgroup/memory/sprites/{instance}/{id}/memory.limit_in_bytes"),
-            format!("/sys/fs/cgroup/pids/sprites/{instance}/{id}/pids.max"),
-        )
-    };
+    let (mem, pids) = (
+        memory_max_path(&s, id),
+        cgroup_file(&s, id, "pids.max", "pids/pids.max"),
+    );
     assert_eq!(
         std::fs::read_to_string(mem).unwrap().trim(),
         (64u64 << 20).to_string()
@@ -598,17 +600,11 @@ async fn a_sprite_has_the_cpus_it_asked_for() {
         .create_with(serde_json::json!({"name": "one", "config": {"cpus": 1}}))
         .await;
     let id = v["id"].as_str().unwrap();
-    let instance = sprites_testing::instance_name(&s.data_dir);
-    let (quota_file, want) = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        (
-            format!("/sys/fs/cgroup/sprites/{instance}/{id}/cpu.max"),
-            "100000 100000",
-        )
+    let quota_file = cgroup_file(&s, id, "cpu.max", "cpu/cpu.cfs_quota_us");
+    let want = if cgroup_v2() {
+        "100000 100000"
     } else {
-        (
-            format!("/sys/fs/cgroup/cpu/sprites/{instance}/{id}/cpu.cfs_quota_us"),
-            "100000",
-        )
+        "100000"
     };
     assert_eq!(std::fs::read_to_string(quota_file).unwrap().trim(), want);
     // The sprite's processes are in that cgroup (seen from the host: the sprite has its

@@ -53,6 +53,9 @@ pub fn default_env(tty: bool) -> Vec<(String, String)> {
         ("LOGNAME", "sprite"),
         ("SHELL", "/bin/bash"),
         ("LANG", "C.UTF-8"),
+        // Node.js ignores the system trust store, which holds the CAs the image took from
+        // the host (a TLS-inspecting proxy's); npm and the agents' CLIs are Node.js.
+        ("NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -113,6 +113,25 @@ pub struct Sprite {
     /// Environment (agent) version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_version: Option<String>,
+    /// Id of the base image the sprite's disk is layered over (see `…/upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+}
+
+/// Answer of `POST /v1/sprites/{name}/upgrade` (200; the official clients take any 2xx).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeResult {
+    /// The sprite.
+    pub name: String,
+    /// `upgraded`, or `current` when it already was on the current base.
+    pub status: String,
+    /// Whether it moved (false: it was on the current base already).
+    pub upgraded: bool,
+    /// The base it was on.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The base it is on now.
+    pub to: String,
 }
 
 /// `POST /v1/sprites` body. Unknown fields are ignored.

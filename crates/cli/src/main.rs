@@ -29,6 +29,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Move the sprite to the server's newest base image; what it changed on its disk stays
+    /// (a running sprite reboots for it).
+    Upgrade,
+}
+
+#[derive(Subcommand)]
 pub enum Cmd {
     /// Log in to an API endpoint with a token (prompts for it).
     Login {
@@ -109,6 +116,16 @@ pub enum Cmd {
         /// Forward stdin/stdout to [host]:port in the sprite (for ssh -o ProxyCommand).
         #[arg(short = 'W', long = "stdio")]
         stdio: Option<String>,
+    },
+    /// Show the sprite's base image, or move it to the server's newest one.
+    ///
+    /// Examples:
+    ///   sprite image            # the base image the sprite is on
+    ///   sprite image upgrade    # move it to the newest base, keeping its disk
+    #[command(verbatim_doc_comment)]
+    Image {
+        #[command(subcommand)]
+        cmd: Option<ImageCmd>,
     },
     /// Save, list and manage checkpoints of the sprite's disk.
     #[command(visible_alias = "checkpoints")]

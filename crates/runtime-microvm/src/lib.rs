@@ -124,6 +124,10 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 fn host_tsc_khz() -> u64 {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     info.lines()
@@ -138,7 +142,7 @@ impl MicroVmBackend {
     /// initramfs with `cfg.agent_bin` in it.
     pub fn new(cfg: MicroVmConfig) -> Result<Self, BackendError> {
         let guest = GuestArtifacts::new(&cfg.image_dir);
-        if !guest.is_ready(&sprites_storage::image::BaseImage::new(&cfg.image_dir)) {
+        if !guest.is_ready() {
             return Err(other(
                 "the microVM guest is not built (spritesd image build builds it)",
             ));
@@ -293,6 +297,22 @@ impl Backend for MicroVmBackend {
     }
 
     async fn start(&self, spec: &SpriteSpec) -> Result<(), BackendError> {
+        // The sprite's own base, as a disk (made once per base, on its first boot here).
+        let rootfs = spec
+            .base
+            .clone()
+            .or_else(|| {
+                sprites_storage::image::Images::new(&self.cfg.image_dir)
+                    .current()
+                    .map(|b| b.rootfs())
+            })
+            .ok_or_else(|| other("no base image (spritesd image build makes one)"))?;
+        let base_disk =
+            tokio::task::spawn_blocking(move || GuestArtifacts::ensure_base_disk(&rootfs))
+                .await
+                .map_err(other)?
+                .map_err(other)?;
+
         let p = self.paths(&spec.id);
         std::fs::create_dir_all(&p.dir)?;
         for s in [&p.qmp, &p.vhost, &p.vsock] {
@@ -381,7 +401,15 @@ impl Backend for MicroVmBackend {
             .arg("-M")
             .arg(format!("microvm,accel={accel},memory-backend=mem"))
             .args(["-cpu", cpu, "-m", &format!("{mem}M")])
-            .args(["-smp", &self.cfg.vcpus.max(1).to_string()])
+            // The CPUs it asked for (`config.cpus`), as the guest's own vCPUs.
+            .args([
+                "-smp",
+                &spec
+                    .cpu_limit
+                    .unwrap_or(self.cfg.vcpus)
+                    .clamp(1, host_cpus())
+                    .to_string(),
+            ])
             .arg("-object")
             .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
@@ -401,7 +429,7 @@ impl Backend for MicroVmBackend {
             .arg("-drive")
             .arg(format!(
                 "id=base,file={},format=raw,if=none,readonly=on",
-                self.guest.base_disk().display()
+                base_disk.display()
             ))
             .args(["-device", "virtio-blk-device,drive=base,serial=base"])
             .arg("-drive")

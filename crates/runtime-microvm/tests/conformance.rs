@@ -7,7 +7,6 @@ use sprites_runtime::{conformance, Backend, SpriteSpec};
 use sprites_runtime_microvm::{Accel, MicroVmBackend, MicroVmConfig};
 use sprites_storage::disk::DiskFactory;
 use sprites_storage::guest::GuestArtifacts;
-use sprites_storage::image::BaseImage;
 
 fn vsock_bin() -> std::path::PathBuf {
     for dir in std::env::var("PATH")
@@ -33,9 +32,8 @@ fn env() -> Env {
     sprites_testing::ensure_image().expect("base image");
     let image_dir = sprites_testing::image_dir();
     let guest = GuestArtifacts::new(&image_dir);
-    let base = BaseImage::new(&image_dir);
-    if !guest.is_ready(&base) {
-        guest.build(&base).expect("building the guest");
+    if !guest.is_ready() {
+        guest.build().expect("building the guest");
     }
     let dir = tempfile::Builder::new()
         .prefix("vm")
@@ -74,6 +72,7 @@ impl Env {
             cpu_limit: None,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
             host_dir: None,
+            base: None,
         }
     }
 }

@@ -576,6 +576,34 @@ struct ChildFds {
 }
 
 /// C: enters the user namespace, waits for L1, makes the other namespaces, runs P.
+/// Lets the sprite's processes run on `n` of the host's CPUs (chosen by its id, so sprites
+/// spread over them), so `nproc` and thread pools sized from the affinity mask see the CPUs
+/// the sprite has. The CFS quota is what enforces the share; a process that widens its
+/// mask again gains no time.
+fn narrow_cpus(id: &str, n: u32) {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let pid = nix::unistd::Pid::from_raw(0);
+    let Ok(have) = sched_getaffinity(pid) else {
+        return;
+    };
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| have.is_set(c).unwrap_or(false))
+        .collect();
+    let n = n as usize;
+    if n == 0 || n >= cpus.len() {
+        return;
+    }
+    let start = id
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % cpus.len();
+    let mut set = CpuSet::new();
+    for i in 0..n {
+        let _ = set.set(cpus[(start + i) % cpus.len()]);
+    }
+    let _ = sched_setaffinity(pid, &set);
+}
+
 fn child_main(
     cfg: &LaunchConfig,
     paths: &RunPaths,
@@ -596,6 +624,9 @@ fn child_main(
         if let Err(e) = joined {
             return fail(format!("joining network namespace {}: {e}", ns.display()));
         }
+    }
+    if let Some(n) = cfg.spec.cpu_limit {
+        narrow_cpus(&cfg.spec.id, n);
     }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
         return fail(format!("unshare user namespace: {e}"));

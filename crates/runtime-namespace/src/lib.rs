@@ -235,7 +235,10 @@ impl Backend for NamespaceBackend {
         let cfg = LaunchConfig {
             spec: spec.clone(),
             run_dir: run_dir.clone(),
-            base_rootfs: self.cfg.base_rootfs.clone(),
+            base_rootfs: spec
+                .base
+                .clone()
+                .unwrap_or_else(|| self.cfg.base_rootfs.clone()),
             agent_bin: self.cfg.agent_bin.clone(),
             cgroup_instance: self.cfg.cgroup_instance.clone(),
             netns,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use sprites_runtime::{conformance, Backend, SpriteSpec};
 use sprites_runtime_namespace::{NamespaceBackend, NamespaceConfig};
 use sprites_storage::disk::DiskFactory;
-use sprites_storage::image::BaseImage;
+use sprites_storage::image::Images;
 
 struct Env {
     backend: Arc<NamespaceBackend>,
@@ -22,7 +22,10 @@ fn env() -> Env {
         .unwrap();
     let backend = NamespaceBackend::new(NamespaceConfig {
         run_root: dir.path().join("run"),
-        base_rootfs: BaseImage::new(&image_dir).rootfs(),
+        base_rootfs: Images::new(&image_dir)
+            .current()
+            .expect("a base image")
+            .rootfs(),
         agent_bin: sprites_testing::bin_dir().join("sprite-agent"),
         launcher: vec![env!("CARGO_BIN_EXE_sprite-launch").into()],
         cgroup_instance: sprites_testing::instance_name(dir.path()),
@@ -52,6 +55,7 @@ impl Env {
             cpu_limit: None,
             env: [("CONFORMANCE".to_string(), "yes".to_string())].into(),
             host_dir: None,
+            base: None,
         }
     }
 }

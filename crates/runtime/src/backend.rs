@@ -54,6 +54,10 @@ pub struct SpriteSpec {
     /// server's new socket is seen by a sprite that kept running.
     #[serde(default)]
     pub host_dir: Option<PathBuf>,
+    /// Root of the base image the sprite's disk is layered over (`None`: the backend's
+    /// default). Never changes under a sprite that runs: an overlay's lower layer must not.
+    #[serde(default)]
+    pub base: Option<PathBuf>,
 }
 
 impl SpriteSpec {

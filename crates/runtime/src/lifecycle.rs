@@ -289,6 +289,21 @@ impl Runtime {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        self.with_disk_replaced_as(spec, spec, f).await
+    }
+
+    /// [`Runtime::with_disk_replaced`], booting it again as `next` (the same sprite on
+    /// another base image) when `f` succeeds, and as `spec` when it fails.
+    pub async fn with_disk_replaced_as<T, E, F, Fut>(
+        &self,
+        spec: &SpriteSpec,
+        next: &SpriteSpec,
+        f: F,
+    ) -> Result<Result<T, E>, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
         let slot = self.slot(&spec.id);
         let mut g = slot.inner.lock().await;
         if self.observe(spec, &mut g).await != State::Cold {
@@ -296,8 +311,38 @@ impl Runtime {
         }
         self.set(&mut g, spec, State::Cold);
         let out = f().await;
-        self.backend.start(spec).await?;
-        self.set(&mut g, spec, State::Running);
+        let boot = if out.is_ok() { next } else { spec };
+        self.backend.start(boot).await?;
+        self.set(&mut g, boot, State::Running);
+        Ok(out)
+    }
+
+    /// Runs `f` while the sprite is kept from booting; if it ran, it is stopped first and
+    /// booted again afterwards as `next`. For changes of what a sprite boots from (its base
+    /// image) that must never happen under a running sprite.
+    pub async fn while_stopped<T, E, F, Fut>(
+        &self,
+        spec: &SpriteSpec,
+        next: &SpriteSpec,
+        f: F,
+    ) -> Result<Result<T, E>, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let slot = self.slot(&spec.id);
+        let mut g = slot.inner.lock().await;
+        let was = self.observe(spec, &mut g).await;
+        if was != State::Cold {
+            self.backend.stop(spec).await?;
+            self.set(&mut g, spec, State::Cold);
+        }
+        let out = f().await;
+        if was != State::Cold {
+            let boot = if out.is_ok() { next } else { spec };
+            self.backend.start(boot).await?;
+            self.set(&mut g, boot, State::Running);
+        }
         Ok(out)
     }
 

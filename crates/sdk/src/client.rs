@@ -240,6 +240,16 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Moves sprite `name` to the server's current base image, keeping its disk (a running
+    /// sprite reboots for it).
+    pub async fn upgrade_sprite(&self, name: &str) -> Result<sprites_api::UpgradeResult> {
+        self.json(
+            self.request(reqwest::Method::POST, &sprite_path(name, "/upgrade")),
+            &[],
+        )
+        .await
+    }
+
     /// A handle on sprite `name` (no request is made).
     pub fn sprite(&self, name: &str) -> SpriteHandle {
         SpriteHandle {
@@ -303,6 +313,11 @@ impl SpriteHandle {
     /// Restarts the sprite.
     pub async fn restart(&self) -> Result<()> {
         self.client.restart_sprite(&self.name).await
+    }
+
+    /// Moves the sprite to the server's current base image (see [`Client::upgrade_sprite`]).
+    pub async fn upgrade(&self) -> Result<sprites_api::UpgradeResult> {
+        self.client.upgrade_sprite(&self.name).await
     }
 
     /// A command to run in the sprite, in the spirit of `std::process::Command`.

@@ -304,6 +304,7 @@ impl Sprites {
             source_id: head.head.clone(),
             history: serde_json::to_string(&history).map_err(ApiError::internal)?,
             bytes: (manifest.chunks.len() as u64 * manifest.chunk_size) as i64,
+            base_image: rec.base_image.clone(),
         };
         if let Err(e) = self
             .store
@@ -387,10 +388,17 @@ impl Sprites {
             .await
             .map_err(storage_err)?;
         let spec = self.spec(rec);
+        // The disk comes back over the base it was made on, even if the sprite was upgraded
+        // since (its upper layer belongs with that base).
+        let mut back = rec.clone();
+        if ckpt.base_image.is_some() {
+            back.base_image = ckpt.base_image.clone();
+        }
+        let next = self.spec(&back);
         say(tx, "Stopping process for restore...").await;
         let restored = self
             .runtime
-            .with_disk_replaced(&spec, || async {
+            .with_disk_replaced_as(&spec, &next, || async {
                 say(tx, "Process stopped successfully").await;
                 say(tx, format!("Restoring from checkpoint {}...", ckpt.id)).await;
                 let disk = spec.disk.clone();
@@ -429,6 +437,18 @@ impl Sprites {
                         ),
                     )
                     .await;
+                }
+                if r.is_ok() && back.base_image != rec.base_image {
+                    if let Some(base) = back.base_image.clone() {
+                        let id = rec.id.clone();
+                        let set = self
+                            .store
+                            .with(move |c| store::set_sprite_base(c, &id, &base))
+                            .await;
+                        if let Err(e) = set {
+                            tracing::error!(sprite = %rec.id, "recording the restored base image: {e}");
+                        }
+                    }
                 }
                 say(tx, "Starting process after restore...").await;
                 r

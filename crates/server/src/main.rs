@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod hostapi;
 mod http;
+mod images;
 mod limits;
 mod service;
 mod store;
@@ -22,7 +23,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use sprites_runtime::Runtime;
 use sprites_runtime_namespace::{NamespaceBackend, NamespaceConfig};
-use sprites_storage::image::BaseImage;
+use sprites_storage::image::{Images, Profile};
 
 use crate::config::Config;
 
@@ -71,6 +72,9 @@ impl DataArgs {
 struct ServeArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Profile of the base image built when there is none yet (`full` or `slim`).
+    #[arg(long, env = "SPRITES_IMAGE_PROFILE", default_value = "full")]
+    image_profile: Profile,
     /// Address to listen on.
     #[arg(long, env = "SPRITES_LISTEN", default_value = "127.0.0.1:7780")]
     listen: SocketAddr,
@@ -145,8 +149,20 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// (Re)build the base image from the host's Debian mirror.
+    /// Build a base image from the host's Debian mirror (reusing cached layers) and make it
+    /// the one new sprites get; existing sprites keep theirs until upgraded.
     Build {
+        /// Which tools it holds: `full` (everything the docs promise) or `slim`.
+        #[arg(long, env = "SPRITES_IMAGE_PROFILE", default_value = "full")]
+        profile: Profile,
+        /// Debian packages to add, as one more layer on top (repeatable).
+        #[arg(long = "add", value_name = "PACKAGE")]
+        add: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List the base images, newest first.
+    List {
         #[command(flatten)]
         data: DataArgs,
     },
@@ -181,8 +197,11 @@ fn main() {
                 },
         } => token_create(&data, &org, &description),
         Cmd::Image {
-            cmd: ImageCmd::Build { data },
-        } => image_build(&data),
+            cmd: ImageCmd::Build { profile, add, data },
+        } => images::build(&data.image_dir(), profile, &add).map(|_| ()),
+        Cmd::Image {
+            cmd: ImageCmd::List { data },
+        } => images::list(&data.image_dir()),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -210,23 +229,6 @@ fn token_create(data: &DataArgs, org: &str, description: &str) -> anyhow::Result
     let store = open_store(data)?;
     let token = store.blocking(|c| auth::create_token(c, org, description))?;
     println!("{token}");
-    Ok(())
-}
-
-fn image_build(data: &DataArgs) -> anyhow::Result<()> {
-    let mirror = sprites_storage::mirror::detect(Path::new("/"))?;
-    let img = BaseImage::new(data.image_dir());
-    eprintln!(
-        "building the base image from {} ({}); this takes about a minute",
-        mirror.uri, mirror.suite
-    );
-    let info = img.build(&mirror)?;
-    sprites_storage::disk::DiskFactory::new(&data.image_dir()).ensure_template()?;
-    eprintln!(
-        "base image ready: Debian {} at {}",
-        info.suite,
-        img.rootfs().display()
-    );
     Ok(())
 }
 
@@ -341,11 +343,21 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let store = open_store(&a.data)?;
     bootstrap(&store, &cfg)?;
-    let image = BaseImage::new(&cfg.image_dir);
-    if !image.is_ready() {
-        tracing::info!("no base image yet; building it now (about a minute)");
-        image_build(&a.data)?;
-    }
+    let image = match Images::new(&cfg.image_dir).current() {
+        Some(b) => b,
+        None => {
+            tracing::info!(
+                "no base image yet; building the {} one now (minutes; cached layers are reused)",
+                a.image_profile.as_str()
+            );
+            images::build(&cfg.image_dir, a.image_profile, &[])?
+        }
+    };
+    tracing::info!(
+        base = image.id(),
+        profile = image.info.profile.as_str(),
+        "base image for new sprites"
+    );
     sprites_storage::disk::DiskFactory::new(&cfg.image_dir).ensure_template()?;
     let network = if a.network {
         let upstream = a
@@ -378,9 +390,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         })),
         Chosen::MicroVm(accel) => {
             let guest = sprites_storage::guest::GuestArtifacts::new(&cfg.image_dir);
-            if !guest.is_ready(&image) {
-                tracing::info!("no microVM guest yet; building it now");
-                guest.build(&image)?;
+            if !guest.is_ready() {
+                tracing::info!("no microVM guest kernel yet; building it now");
+                guest.build()?;
             }
             find_program("qemu-system-x86_64")
                 .context("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")?;
@@ -420,6 +432,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // are completed, and objects left by a crash mid-checkpoint go.
         svc.finish_interrupted_restores().await;
         svc.prune_checkpoints().await;
+        if let Err(e) = svc.collect_bases().await {
+            tracing::warn!("removing unused base images: {}", e.message);
+        }
         svc.serve_host_apis().await;
         svc.adopt_and_track().await.map_err(|e| anyhow::anyhow!(e.message))?;
         let policy = sprites_runtime::IdlePolicy {

@@ -28,6 +28,11 @@ pub struct Sprites {
     /// Sprite networking, when enabled.
     pub network: Option<Arc<sprites_network::Network>>,
     disks: DiskFactory,
+    /// Base image versions.
+    pub images: sprites_storage::image::Images,
+    /// Held to read (create, upgrade) from choosing a base until the record names it, and
+    /// to write while unused bases are removed.
+    base_gate: tokio::sync::RwLock<()>,
     /// The port the API really listens on (known once bound), for sprite URLs.
     pub port: std::sync::atomic::AtomicU16,
     /// Memory limits set through the resources policy, by sprite id (MiB).
@@ -58,6 +63,7 @@ impl Sprites {
         network: Option<Arc<sprites_network::Network>>,
     ) -> Result<Self, sprites_storage::StorageError> {
         let disks = DiskFactory::new(&cfg.image_dir);
+        let images = sprites_storage::image::Images::new(&cfg.image_dir);
         let port = std::sync::atomic::AtomicU16::new(cfg.listen.port());
         let chunks = Arc::new(sprites_storage::checkpoint::ChunkStore::open(
             &cfg.object_store,
@@ -68,6 +74,8 @@ impl Sprites {
             runtime,
             network,
             disks,
+            images,
+            base_gate: Default::default(),
             port,
             memory_overrides: Default::default(),
             chunks,
@@ -104,6 +112,10 @@ impl Sprites {
             cpu_limit: config.cpus,
             env: serde_json::from_str(&rec.environment).unwrap_or_default(),
             host_dir: Some(crate::hostapi::host_dir(&self.cfg.data_dir, &rec.id)),
+            base: rec
+                .base_image
+                .as_deref()
+                .and_then(|id| self.images.rootfs_of(id)),
         }
     }
 
@@ -147,6 +159,7 @@ impl Sprites {
             primary_region: Some("local".into()),
             version: Some(api::SPRITE_VERSION.into()),
             environment_version: Some(env!("CARGO_PKG_VERSION").into()),
+            base_image: rec.base_image.clone(),
         }
     }
 
@@ -183,6 +196,7 @@ impl Sprites {
                 ))
             }
         };
+        let _gate = self.base_gate.read().await;
         let now = now_ms();
         let rec = SpriteRecord {
             id: format!("sprite-{}", uuid::Uuid::new_v4()),
@@ -206,11 +220,13 @@ impl Sprites {
             last_warming_at: None,
             last_started_at: None,
             last_active_at: None,
+            base_image: Some(self.claim_current_base()?),
         };
         let mut rec = self
             .store
             .with(move |c| store::insert_sprite(c, rec))
             .await?;
+        drop(_gate);
         if let Err(e) = self.serve_host_api(&rec) {
             let id = rec.id.clone();
             let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;
@@ -502,6 +518,106 @@ impl Sprites {
             .with(move |c| store::update_sprite(c, &saved))
             .await?;
         Ok(self.to_api(org, &rec).await)
+    }
+
+    /// This server's tag in base images' claims: a hash of its data directory.
+    fn image_owner(&self) -> String {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(self.cfg.data_dir.to_string_lossy().as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The base new sprites get now, claimed for this server (under the base gate, which
+    /// keeps [`Sprites::collect_bases`] from removing it before the sprite is recorded).
+    fn claim_current_base(&self) -> Result<String, ApiError> {
+        let id = self.current_base()?;
+        self.images
+            .claim(&id, &self.image_owner())
+            .map_err(ApiError::internal)?;
+        Ok(id)
+    }
+
+    /// The id of the base image new sprites are made on.
+    pub fn current_base(&self) -> Result<String, ApiError> {
+        self.images
+            .current()
+            .map(|b| b.id().to_string())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "no base image is built (spritesd image build makes one)",
+                )
+            })
+    }
+
+    /// Moves a sprite to the current base image, keeping its disk (what it changed stays on
+    /// top of the new base). A running sprite is stopped for the move and booted again.
+    pub async fn upgrade(&self, org: &Org, name: &str) -> Result<api::UpgradeResult, ApiError> {
+        let mut rec = self.find(org, name).await?;
+        let _gate = self.base_gate.read().await;
+        let to = self.claim_current_base()?;
+        let from = rec.base_image.clone();
+        if from.as_deref() == Some(to.as_str()) {
+            return Ok(api::UpgradeResult {
+                name: rec.name,
+                status: "current".into(),
+                upgraded: false,
+                from,
+                to,
+            });
+        }
+        let spec = self.spec(&rec);
+        rec.base_image = Some(to.clone());
+        let next = self.spec(&rec);
+        let (id, base) = (rec.id.clone(), to.clone());
+        let store = self.store.clone();
+        self.runtime
+            .while_stopped(&spec, &next, || async move {
+                store
+                    .with(move |c| store::set_sprite_base(c, &id, &base))
+                    .await
+            })
+            .await??;
+        tracing::info!(sprite = %rec.id, from = ?from, to = %to, "upgraded to a new base image");
+        Ok(api::UpgradeResult {
+            name: rec.name,
+            status: "upgraded".into(),
+            upgraded: true,
+            from,
+            to,
+        })
+    }
+
+    /// Gives sprites from before image versions the current base, and removes base images
+    /// no sprite or checkpoint uses any more (the current one and each profile's latest
+    /// stay).
+    pub async fn collect_bases(&self) -> Result<Vec<String>, ApiError> {
+        if let Some(cur) = self.images.current() {
+            let id = cur.id().to_string();
+            let n = self
+                .store
+                .with(move |c| store::adopt_unversioned(c, &id))
+                .await?;
+            if n > 0 {
+                tracing::info!(
+                    sprites = n,
+                    base = cur.id(),
+                    "sprites from before image versions keep the base they were made on"
+                );
+            }
+        }
+        let in_use = self.store.with(|c| store::bases_in_use(c)).await?;
+        let images = self.images.clone();
+        let owner = self.image_owner();
+        let _gate = self.base_gate.write().await;
+        let removed = tokio::task::spawn_blocking(move || images.remove_unused(&owner, &in_use))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        for id in &removed {
+            tracing::info!(base = %id, "removed a base image nothing uses");
+        }
+        Ok(removed)
     }
 
     /// Stops the sprite's processes and boots it again; the disk is kept.

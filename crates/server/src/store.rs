@@ -103,6 +103,13 @@ CREATE TABLE checkpoint_heads (
 );
 "#,
         ),
+        // The base image version a sprite's disk, and a checkpoint's, is layered over.
+        M::up(
+            r#"
+ALTER TABLE sprites ADD COLUMN base_image TEXT;
+ALTER TABLE checkpoints ADD COLUMN base_image TEXT;
+"#,
+        ),
     ])
 }
 
@@ -157,6 +164,9 @@ pub struct SpriteRecord {
     pub last_started_at: Option<i64>,
     /// Unix ms.
     pub last_active_at: Option<i64>,
+    /// Id of the base image its disk is layered over (`None`: from before image versions;
+    /// given the current base at startup).
+    pub base_image: Option<String>,
 }
 
 /// Most sprites a host can give distinct uid ranges to.
@@ -176,7 +186,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-const SPRITE_COLS: &str = "id, org_id, name, uid_slot, url_auth, private_access, labels, config, environment, created_at, updated_at, last_running_at, last_warming_at, last_started_at, last_active_at";
+const SPRITE_COLS: &str = "id, org_id, name, uid_slot, url_auth, private_access, labels, config, environment, created_at, updated_at, last_running_at, last_warming_at, last_started_at, last_active_at, base_image";
 
 fn sprite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
     Ok(SpriteRecord {
@@ -195,6 +205,7 @@ fn sprite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpriteRecord> {
         last_warming_at: r.get(12)?,
         last_started_at: r.get(13)?,
         last_active_at: r.get(14)?,
+        base_image: r.get(15)?,
     })
 }
 
@@ -330,7 +341,7 @@ pub fn insert_sprite(c: &mut Connection, mut rec: SpriteRecord) -> Result<Sprite
     }
     rec.uid_slot = slot;
     tx.execute(
-        &format!("INSERT INTO sprites ({SPRITE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        &format!("INSERT INTO sprites ({SPRITE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
         params![
             rec.id,
             rec.org_id,
@@ -346,7 +357,8 @@ pub fn insert_sprite(c: &mut Connection, mut rec: SpriteRecord) -> Result<Sprite
             rec.last_running_at,
             rec.last_warming_at,
             rec.last_started_at,
-            rec.last_active_at
+            rec.last_active_at,
+            rec.base_image
         ],
     )?;
     tx.commit()?;
@@ -505,6 +517,8 @@ pub struct CheckpointRecord {
     pub history: String,
     /// Non-zero bytes of the disk.
     pub bytes: i64,
+    /// The base image its disk was layered over.
+    pub base_image: Option<String>,
 }
 
 /// Where a sprite's checkpoints stand.
@@ -519,7 +533,7 @@ pub struct CheckpointHead {
 }
 
 const CKPT_COLS: &str =
-    "sprite_id, id, seq, comment, created_at, manifest, source_id, history, bytes";
+    "sprite_id, id, seq, comment, created_at, manifest, source_id, history, bytes, base_image";
 
 fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRecord> {
     Ok(CheckpointRecord {
@@ -532,6 +546,7 @@ fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRecord> {
         source_id: r.get(6)?,
         history: r.get(7)?,
         bytes: r.get(8)?,
+        base_image: r.get(9)?,
     })
 }
 
@@ -594,7 +609,7 @@ pub fn insert_checkpoint(c: &mut Connection, rec: &CheckpointRecord) -> Result<(
     let mut head = checkpoint_head(&tx, &rec.sprite_id)?;
     tx.execute(
         &format!(
-            "INSERT INTO checkpoints ({CKPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            "INSERT INTO checkpoints ({CKPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ),
         params![
             rec.sprite_id,
@@ -605,7 +620,8 @@ pub fn insert_checkpoint(c: &mut Connection, rec: &CheckpointRecord) -> Result<(
             rec.manifest,
             rec.source_id,
             rec.history,
-            rec.bytes
+            rec.bytes,
+            rec.base_image
         ],
     )?;
     head.next_seq = head.next_seq.max(rec.seq + 1);
@@ -630,6 +646,39 @@ pub fn delete_checkpoint(c: &Connection, sprite_id: &str, id: &str) -> Result<()
         params![sprite_id, id],
     )?;
     Ok(())
+}
+
+/// Moves a sprite to base image `base` (an upgrade, or a restore of a checkpoint made on
+/// another base).
+pub fn set_sprite_base(c: &Connection, id: &str, base: &str) -> Result<()> {
+    c.execute(
+        "UPDATE sprites SET base_image = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, base, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Gives sprites from before image versions the base `base` (what they were made on).
+pub fn adopt_unversioned(c: &Connection, base: &str) -> Result<usize> {
+    let n = c.execute(
+        "UPDATE sprites SET base_image = ?1 WHERE base_image IS NULL",
+        [base],
+    )?;
+    c.execute(
+        "UPDATE checkpoints SET base_image = (SELECT s.base_image FROM sprites s WHERE s.id = checkpoints.sprite_id) WHERE base_image IS NULL",
+        [],
+    )?;
+    Ok(n)
+}
+
+/// Every base image a sprite or a checkpoint is layered over.
+pub fn bases_in_use(c: &Connection) -> Result<std::collections::HashSet<String>> {
+    let mut st = c.prepare(
+        "SELECT base_image FROM sprites WHERE base_image IS NOT NULL
+         UNION SELECT base_image FROM checkpoints WHERE base_image IS NOT NULL",
+    )?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Deletes a sprite record.
@@ -659,6 +708,7 @@ mod tests {
             last_warming_at: None,
             last_started_at: None,
             last_active_at: None,
+            base_image: Some("b1".into()),
         }
     }
 

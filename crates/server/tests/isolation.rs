@@ -616,4 +616,9 @@ async fn a_sprite_has_the_cpus_it_asked_for() {
             .any(|l| (l.contains(":cpu:") || l.starts_with("0::")) && l.ends_with(id)),
         "{cg}"
     );
+    // And the sprite counts the CPUs it has, as `nproc` and build tools read them.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let o = api.exec("one", &["nproc"]).await;
+        assert_eq!(o.stdout.trim(), "1", "{o:?}");
+    }
 }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::image::BaseImage;
 use crate::{io_err, run, Result, StorageError};
 
 /// Debian package of the guest kernel (a metapackage naming the current version).
@@ -132,44 +131,71 @@ impl GuestArtifacts {
         self.dir.join("initramfs.cpio.gz")
     }
 
-    /// The base image as an ext4 disk, attached read-only.
-    pub fn base_disk(&self) -> PathBuf {
-        self.dir.join("base.ext4")
+    /// The disk of the base whose tree is `rootfs` (`bases/<id>/rootfs`): an ext4 image
+    /// beside it, attached read-only. Made by [`GuestArtifacts::ensure_base_disk`].
+    pub fn base_disk(rootfs: &Path) -> PathBuf {
+        rootfs.with_file_name("base.ext4")
+    }
+
+    /// Makes the disk of the base at `rootfs` unless it exists (under a lock, so sprites
+    /// starting together make it once). Tens of seconds for a full image, once per base.
+    pub fn ensure_base_disk(rootfs: &Path) -> Result<PathBuf> {
+        let disk = Self::base_disk(rootfs);
+        if disk.exists() {
+            return Ok(disk);
+        }
+        let lock = std::fs::File::create(rootfs.with_file_name("base.ext4.lock"))
+            .map_err(io_err("creating base disk lock"))?;
+        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("locking base disk")(e.into()))?;
+        if disk.exists() {
+            return Ok(disk);
+        }
+        // Sized to its contents plus room for ext4's own data.
+        let tmp = rootfs.with_file_name(format!("base.ext4.tmp-{}", std::process::id()));
+        let used = crate::image::tree_bytes(rootfs)?;
+        let size = (used + used / 4 + (256 << 20)).next_multiple_of(1 << 20);
+        let f = std::fs::File::create(&tmp).map_err(io_err("creating base disk"))?;
+        f.set_len(size).map_err(io_err("sizing base disk"))?;
+        drop(f);
+        let r = run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-L", "sprite-base", "-d"])
+            .arg(rootfs)
+            .arg(&tmp));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &disk).map_err(io_err("installing base disk"))?;
+        Ok(disk)
     }
 
     fn stamp(&self) -> PathBuf {
         self.dir.join("guest.json")
     }
 
-    /// Whether complete artifacts of the current recipe, made from `base` as it is now, exist.
-    pub fn is_ready(&self, base: &BaseImage) -> bool {
-        let built = base.info().map(|i| i.built_at);
+    /// Whether a complete kernel and initramfs of the current recipe exist.
+    pub fn is_ready(&self) -> bool {
         std::fs::read_to_string(self.stamp())
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["recipe"] == GUEST_RECIPE && v["base_built_at"].as_u64() == built)
+            .is_some_and(|v| v["recipe"] == GUEST_RECIPE)
             && self.kernel().exists()
             && self.initramfs().exists()
-            && self.base_disk().exists()
     }
 
-    /// Builds everything from Debian's packages (through the host's apt) and the base image.
-    pub fn build(&self, base: &BaseImage) -> Result<()> {
-        if !base.is_ready() {
-            return Err(StorageError::Config(
-                "the base image must be built before the microVM guest".into(),
-            ));
-        }
+    /// Builds the kernel and initramfs from Debian's packages (through the host's apt).
+    pub fn build(&self) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(io_err("creating microvm directory"))?;
         let work = self.dir.join(format!("build-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).map_err(io_err("creating build directory"))?;
-        let r = self.build_in(&work, base);
+        let r = self.build_in(&work);
         let _ = std::fs::remove_dir_all(&work);
         r
     }
 
-    fn build_in(&self, work: &Path, base: &BaseImage) -> Result<()> {
+    fn build_in(&self, work: &Path) -> Result<()> {
         // The metapackage names the versioned kernel package; download both plus busybox.
         let version = kernel_package_version()?;
         run(Command::new("apt-get").current_dir(work).args([
@@ -228,29 +254,12 @@ impl GuestArtifacts {
         let cpio = work.join("initramfs.cpio.gz");
         cpio_gz(&root, &cpio)?;
 
-        // The base image as a disk: sized to its contents plus room for ext4's own data.
-        let disk = work.join("base.ext4");
-        let used = tree_bytes(&base.rootfs())?;
-        let size = (used + used / 4 + (256 << 20)).next_multiple_of(1 << 20);
-        let f = std::fs::File::create(&disk).map_err(io_err("creating base disk"))?;
-        f.set_len(size).map_err(io_err("sizing base disk"))?;
-        drop(f);
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-L", "sprite-base", "-d"])
-            .arg(base.rootfs())
-            .arg(&disk))?;
-
-        for (from, to) in [
-            (kernel, self.kernel()),
-            (cpio, self.initramfs()),
-            (disk, self.base_disk()),
-        ] {
+        for (from, to) in [(kernel, self.kernel()), (cpio, self.initramfs())] {
             std::fs::rename(&from, &to).map_err(io_err(format!("installing {}", to.display())))?;
         }
         let stamp = serde_json::json!({
             "recipe": GUEST_RECIPE,
             "kernel": release,
-            "base_built_at": base.info().map(|i| i.built_at),
         });
         std::fs::write(self.stamp(), stamp.to_string()).map_err(io_err("writing guest.json"))?;
         Ok(())
@@ -313,17 +322,4 @@ pub fn cpio_gz(dir: &Path, dest: &Path) -> Result<()> {
         .arg("-c")
         .arg("find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1")
         .stdout(out))
-}
-
-fn tree_bytes(dir: &Path) -> Result<u64> {
-    let out = Command::new("du")
-        .args(["-sb", "--apparent-size"])
-        .arg(dir)
-        .output()
-        .map_err(io_err("running du"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| StorageError::Config("du gave no size".into()))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sprites_storage::disk::DiskFactory;
 use sprites_storage::guest::GuestArtifacts;
-use sprites_storage::image::BaseImage;
+use sprites_storage::image::Images;
 
 fn image_dir() -> std::path::PathBuf {
     std::env::var_os("SPRITES_TEST_IMAGE_DIR")
@@ -28,17 +28,18 @@ fn host_tsc_khz() -> u64 {
 
 #[test]
 fn guest_boots_under_tcg_and_overlays_the_sprite_disk() {
-    let base = BaseImage::new(image_dir());
-    assert!(
-        base.is_ready(),
-        "the base image is missing in {}; run scripts/test.sh (or spritesd image build)",
-        image_dir().display()
-    );
+    let base = Images::new(image_dir()).current().unwrap_or_else(|| {
+        panic!(
+            "the base image is missing in {}; run scripts/test.sh (or spritesd image build)",
+            image_dir().display()
+        )
+    });
     let guest = GuestArtifacts::new(image_dir());
-    if !guest.is_ready(&base) {
-        guest.build(&base).expect("building the guest");
+    if !guest.is_ready() {
+        guest.build().expect("building the guest");
     }
-    assert!(guest.is_ready(&base));
+    assert!(guest.is_ready());
+    let base_disk = GuestArtifacts::ensure_base_disk(&base.rootfs()).expect("base disk");
 
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("disk.ext4");
@@ -70,7 +71,7 @@ fn guest_boots_under_tcg_and_overlays_the_sprite_disk() {
         .arg("-drive")
         .arg(format!(
             "id=base,file={},format=raw,if=none,readonly=on",
-            guest.base_disk().display()
+            base_disk.display()
         ))
         .args(["-device", "virtio-blk-device,drive=base,serial=base"])
         .arg("-drive")

@@ -35,30 +35,80 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("/var/cache/sprites/images"))
 }
 
-/// Builds the shared image once.
+/// Whether `dir` has a complete current base image.
+fn has_current_base(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("current")).is_ok_and(|id| {
+        dir.join("bases")
+            .join(id.trim())
+            .join("image.json")
+            .exists()
+    })
+}
+
+/// Builds the shared image once (the slim profile: what the tests need, in a fraction of
+/// the full one's time).
 pub fn ensure_image() -> Result<()> {
     let dir = image_dir();
     std::fs::create_dir_all(&dir)?;
-    if dir.join("base/image.json").exists() {
+    if has_current_base(&dir) {
         return Ok(());
     }
     let lock = std::fs::File::create(dir.join(".build.lock"))?;
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("locking image dir: {e}"))?;
-    if dir.join("base/image.json").exists() {
+    if has_current_base(&dir) {
         return Ok(());
     }
+    build_image(&dir, "slim", &[])
+}
+
+fn build_image(dir: &Path, profile: &str, add: &[&str]) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let st = Command::new(bin_dir().join("spritesd"))
-        .args(["image", "build", "--data-dir"])
+    let mut cmd = Command::new(bin_dir().join("spritesd"));
+    cmd.args(["image", "build", "--profile", profile, "--data-dir"])
         .arg(tmp.path())
         .arg("--image-dir")
-        .arg(&dir)
-        .status()?;
-    if !st.success() {
-        bail!("building the base image failed");
+        .arg(dir);
+    for p in add {
+        cmd.args(["--add", p]);
+    }
+    if !cmd.status()?.success() {
+        bail!(
+            "building the {profile} base image in {} failed",
+            dir.display()
+        );
     }
     Ok(())
+}
+
+/// An image directory of its own, `<shared>-<name>`, kept across runs, whose current base
+/// is `profile` plus the Debian packages `add` (each build after the first finds its layers
+/// cached). Its layer cache starts as hard links of the shared one's, so the layers the two
+/// have in common are not built again. For tests that change which base is current (the
+/// shared directory's must stay put under tests running beside them).
+pub fn image_variant(name: &str, profile: &str, add: &[&str]) -> Result<PathBuf> {
+    ensure_image()?;
+    let shared = image_dir();
+    let dir = PathBuf::from(format!("{}-{name}", shared.display()));
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join(".build.lock"))?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking image dir: {e}"))?;
+    if !dir.join("layers").exists() && shared.join("layers").exists() {
+        let st = Command::new("cp")
+            .arg("-al")
+            .arg(shared.join("layers"))
+            .arg(dir.join("layers"))
+            .status()?;
+        if !st.success() {
+            bail!(
+                "seeding {} from the shared layer cache failed",
+                dir.display()
+            );
+        }
+    }
+    build_image(&dir, profile, add)?;
+    Ok(dir)
 }
 
 /// A running `spritesd` and its data dir.
@@ -120,12 +170,17 @@ impl TestServer {
             .open(self._tmp.path().join("spritesd.log"))?;
         let addr_file = self.data_dir.join("spritesd.addr");
         let _ = std::fs::remove_file(&addr_file);
+        // A test may bring its own image directory (see `image_variant`).
+        let image_args = if self.extra.iter().any(|a| a == "--image-dir") {
+            vec![]
+        } else {
+            vec!["--image-dir".into(), image_dir().into_os_string()]
+        };
         let child = Command::new(bin_dir().join("spritesd"))
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .arg("--image-dir")
-            .arg(image_dir())
+            .args(image_args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra)

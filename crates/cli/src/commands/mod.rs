@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Cmd::List { prefix, watch } => sprites::list(&ctx, prefix, watch).await,
                 Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,
                 Cmd::Url { cmd } => sprites::url(&ctx, cmd).await,
+                Cmd::Image { cmd } => sprites::image(&ctx, cmd).await,
                 Cmd::Exec(args) => exec::exec(&ctx, args).await,
                 Cmd::Console => exec::console(&ctx).await,
                 Cmd::Sessions {

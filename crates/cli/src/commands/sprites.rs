@@ -82,6 +82,31 @@ pub async fn destroy(ctx: &Ctx, name: Option<String>, force: bool) -> Result<i32
 }
 
 /// `sprite url` and `sprite url update --auth public|sprite|default`.
+/// `sprite image [upgrade]`.
+pub async fn image(ctx: &Ctx, cmd: Option<crate::ImageCmd>) -> Result<i32> {
+    let sprite = ctx.sprite()?;
+    match cmd {
+        None => {
+            let s = sprite.get().await.map_err(friendly)?;
+            println!("{}", s.base_image.as_deref().unwrap_or("unknown"));
+        }
+        Some(crate::ImageCmd::Upgrade) => {
+            let r = sprite.upgrade().await.map_err(friendly)?;
+            if r.upgraded {
+                println!(
+                    "{}: moved from base {} to {}",
+                    r.name,
+                    r.from.as_deref().unwrap_or("unknown"),
+                    r.to
+                );
+            } else {
+                println!("{}: already on the newest base {}", r.name, r.to);
+            }
+        }
+    }
+    Ok(0)
+}
+
 pub async fn url(ctx: &Ctx, cmd: Option<UrlCmd>) -> Result<i32> {
     let sprite = ctx.sprite()?;
     let s = match cmd {

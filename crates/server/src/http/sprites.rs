@@ -90,16 +90,15 @@ pub async fn restart(
     })))
 }
 
-/// `POST /v1/sprites/{name}/upgrade`: 204. The agent and base image are the server's own and
-/// every boot uses the current ones, so there is nothing to download; a running sprite picks
-/// up a newer agent at its next boot.
+/// `POST /v1/sprites/{name}/upgrade`: moves the sprite to the current base image, keeping its
+/// disk (a running sprite reboots for it). The agent is the server's own: every boot uses the
+/// current one. An optional body (`{"version":…}`, the official clients') is ignored.
 pub async fn upgrade(
     State(s): State<AppState>,
     Extension(org): Extension<Org>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    s.find(&org, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Json<api::UpgradeResult>, ApiError> {
+    Ok(Json(s.upgrade(&org, &name).await?))
 }
 
 fn policy_kind(kind: &str) -> Result<&str, ApiError> {

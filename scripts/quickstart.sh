@@ -13,8 +13,10 @@ done
 export SPRITES_API_URL=${SPRITES_API_URL:-http://127.0.0.1:7780}
 data=${SPRITES_DATA_DIR:-/var/lib/sprites}
 if ! curl -fsS "$SPRITES_API_URL/healthz" >/dev/null 2>&1; then
-    # The first start builds the base image from Debian's packages (about a minute).
-    spritesd image build --data-dir "$data" 2>&1 | tail -1
+    # The first start builds the base image from Debian's packages and npm, layer by layer
+    # (the full profile: about 8 minutes once; SPRITES_IMAGE_PROFILE=slim for a small one).
+    # Cached layers make later runs take a second.
+    spritesd image build --data-dir "$data"
     nohup spritesd serve --data-dir "$data" >/var/log/spritesd.log 2>&1 &
     for _ in $(seq 1 600); do
         curl -fsS "$SPRITES_API_URL/healthz" >/dev/null 2>&1 && break

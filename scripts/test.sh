@@ -9,12 +9,11 @@ export SPRITES_TEST_IMAGE_DIR=${SPRITES_TEST_IMAGE_DIR:-/var/cache/sprites/image
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --bins --quiet
-# Build the shared base image once, before tests run in parallel.
-if [ ! -f "$SPRITES_TEST_IMAGE_DIR/base/image.json" ]; then
-    tmp=$(mktemp -d)
-    target/debug/spritesd image build --data-dir "$tmp" --image-dir "$SPRITES_TEST_IMAGE_DIR"
-    rm -rf "$tmp"
-fi
+# Build the shared slim base once, before tests run in parallel (layers are cached, so this
+# is quick when nothing changed). The environment test builds the full profile beside it.
+tmp=$(mktemp -d)
+target/debug/spritesd image build --profile slim --data-dir "$tmp" --image-dir "$SPRITES_TEST_IMAGE_DIR"
+rm -rf "$tmp"
 # A real S3-compatible server for the object-store tests of checkpoints.
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     cargo install s3s-fs@0.14.1 --locked --features binary --quiet

@@ -11,6 +11,8 @@ pub enum ErrorCode {
     InvalidName,
     /// 401: missing or unknown token.
     Unauthorized,
+    /// 403: the caller is known but not allowed (a connector's policy).
+    Forbidden,
     /// 404: the named thing does not exist (or belongs to another org).
     NotFound,
     /// 405: method not allowed on this path.
@@ -21,8 +23,12 @@ pub enum ErrorCode {
     Gone,
     /// 413: request body larger than the limit.
     PayloadTooLarge,
+    /// 422: well-formed but refused (a connector's test request failed).
+    Unprocessable,
     /// 500: a failure on our side.
     Internal,
+    /// 502: an upstream (a connector's provider) failed.
+    BadGateway,
     /// 503: the sprite could not be reached or started.
     Unavailable,
 }
@@ -34,12 +40,15 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Gone => "gone",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unprocessable => "unprocessable_entity",
             ErrorCode::Internal => "internal_error",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::Unavailable => "unavailable",
         }
     }
@@ -49,11 +58,14 @@ impl ErrorCode {
     pub fn for_status(status: u16) -> Self {
         match status {
             401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
             409 => ErrorCode::Conflict,
             410 => ErrorCode::Gone,
             413 => ErrorCode::PayloadTooLarge,
+            422 => ErrorCode::Unprocessable,
+            502 => ErrorCode::BadGateway,
             503 => ErrorCode::Unavailable,
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
@@ -65,12 +77,15 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidName => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unprocessable => 422,
             ErrorCode::Internal => 500,
+            ErrorCode::BadGateway => 502,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -111,10 +126,13 @@ mod tests {
             ErrorCode::PayloadTooLarge,
             ErrorCode::Internal,
             ErrorCode::Unavailable,
+            ErrorCode::Forbidden,
+            ErrorCode::Unprocessable,
+            ErrorCode::BadGateway,
         ] {
             assert_eq!(ErrorCode::for_status(code.status()), code);
         }
         assert_eq!(ErrorCode::for_status(415), ErrorCode::BadRequest);
-        assert_eq!(ErrorCode::for_status(502), ErrorCode::Internal);
+        assert_eq!(ErrorCode::for_status(504), ErrorCode::Internal);
     }
 }

@@ -34,6 +34,25 @@ pub fn bind_in_router(plan: &Plan) -> Result<UdpSocket, NetError> {
     UdpSocket::from_std(sock).map_err(|e| NetError::Tool(e.to_string()))
 }
 
+/// Binds a TCP listener on 10.0.0.2:`port` inside the router namespace: only the sprite's
+/// own interface reaches it, so a connection accepted there comes from that sprite.
+pub fn bind_tcp_in_router(plan: &Plan, port: u16) -> Result<tokio::net::TcpListener, NetError> {
+    let path = plan.router_ns_path();
+    let l = std::thread::spawn(move || -> Result<std::net::TcpListener, NetError> {
+        let ns = std::fs::File::open(&path).map_err(|e| NetError::Tool(format!("{path}: {e}")))?;
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetError::Tool(format!("setns {path}: {e}")))?;
+        let l = std::net::TcpListener::bind(SocketAddr::from((GATEWAY, port)))
+            .map_err(|e| NetError::Tool(format!("binding the gateway listener: {e}")))?;
+        l.set_nonblocking(true)
+            .map_err(|e| NetError::Tool(e.to_string()))?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| NetError::Tool("listener bind thread panicked".into()))??;
+    tokio::net::TcpListener::from_std(l).map_err(|e| NetError::Tool(e.to_string()))
+}
+
 /// Queries of one sprite being answered at once. Each holds a task and an upstream socket
 /// for up to [`UPSTREAM_TIMEOUT`]; past this, queries are dropped (resolvers retry), so a
 /// flood costs the server a bounded number of file descriptors.
@@ -64,6 +83,34 @@ pub async fn serve(net: Arc<SpriteNet>, sock: UdpSocket, upstream: SocketAddr) {
             }
         });
     }
+}
+
+/// Names a sprite's resolver answers itself: the gateway at the router's address.
+pub const LOCAL_NAMES: &[(&str, Ipv4Addr)] = &[("gateway.sprites.internal", GATEWAY)];
+
+fn local_name(name: &str) -> Option<Ipv4Addr> {
+    LOCAL_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+}
+
+/// An authoritative answer for a local name: its A record, nothing for other types.
+fn local_answer(q: &Message, question: &Query, addr: Ipv4Addr) -> Option<Vec<u8>> {
+    use hickory_proto::rr::{Record, RecordType};
+    let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+    r.metadata.authoritative = true;
+    r.metadata.recursion_desired = q.metadata.recursion_desired;
+    r.metadata.recursion_available = true;
+    r.add_query(question.clone());
+    if question.query_type() == RecordType::A {
+        r.add_answer(Record::from_rdata(
+            question.name().clone(),
+            60,
+            RData::A(addr.into()),
+        ));
+    }
+    r.to_vec().ok()
 }
 
 /// How long the upstream has to answer.
@@ -112,6 +159,12 @@ async fn answer(net: &SpriteNet, query: &[u8], upstream: SocketAddr) -> Option<V
     let [question] = q.queries.as_slice() else {
         return reply(&q, ResponseCode::FormErr);
     };
+    // The host's own names (the Connectors gateway) are answered here, whatever the policy.
+    if let Some(n) = policy_name(question.name()) {
+        if let Some(addr) = local_name(&n) {
+            return local_answer(&q, question, addr);
+        }
+    }
     if allowed(net, question.name()).is_none() {
         tracing::debug!(id = %net.plan.id, name = %question.name(), "DNS refused by policy");
         return reply(&q, ResponseCode::Refused);
@@ -258,7 +311,49 @@ mod tests {
             policy: Mutex::new((policy, compiled)),
             resolved: Mutex::new(HashMap::new()),
             dns: Mutex::new(None),
+            gateway: Mutex::new(None),
         }
+    }
+
+    #[test]
+    fn the_gateway_name_is_answered_locally_whatever_the_policy() {
+        let n = net(&[]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let upstream: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let ask = |t| {
+            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_utf8("Gateway.Sprites.Internal.").unwrap(),
+                t,
+            ));
+            m.to_vec().unwrap()
+        };
+        let started = std::time::Instant::now();
+        let a = Message::from_vec(
+            &rt.block_on(answer(&n, &ask(hickory_proto::rr::RecordType::A), upstream))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(a.metadata.id, 7);
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert!(
+            matches!(&a.answers[..], [r] if matches!(&r.data, RData::A(x) if x.0 == GATEWAY)),
+            "{a:?}"
+        );
+        let aaaa = Message::from_vec(
+            &rt.block_on(answer(
+                &n,
+                &ask(hickory_proto::rr::RecordType::AAAA),
+                upstream,
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(aaaa.answers.is_empty());
+        assert!(started.elapsed() < UPSTREAM_TIMEOUT, "asked upstream");
     }
 
     /// Names by their labels; the last two would print as an allowed name if labels were

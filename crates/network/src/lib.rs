@@ -35,6 +35,21 @@ pub struct SpriteNet {
     /// Addresses handed out by DNS, with the names they answered.
     resolved: Mutex<HashMap<Ipv4Addr, HashSet<String>>>,
     dns: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    gateway: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Serves a sprite's gateway listener (sprite id, listener) until the task is aborted.
+pub type GatewayHook =
+    Arc<dyn Fn(String, tokio::net::TcpListener) -> tokio::task::JoinHandle<()> + Send + Sync>;
+
+impl SpriteNet {
+    fn stop_tasks(&self) {
+        for t in [&self.dns, &self.gateway] {
+            if let Some(t) = t.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                t.abort();
+            }
+        }
+    }
 }
 
 impl SpriteNet {
@@ -135,6 +150,7 @@ pub struct Network {
     draining: std::sync::atomic::AtomicBool,
     sprites: Mutex<HashMap<String, Arc<SpriteNet>>>,
     policies: Mutex<HashMap<String, Policy>>,
+    gateway: Mutex<Option<GatewayHook>>,
 }
 
 /// The first nameserver of the host's resolv.conf.
@@ -161,6 +177,7 @@ impl Network {
             draining: std::sync::atomic::AtomicBool::new(false),
             sprites: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
+            gateway: Mutex::new(None),
         });
         net.refill();
         Ok(net)
@@ -225,6 +242,11 @@ impl Network {
         (p, c)
     }
 
+    /// Serves each sprite's gateway listener with `hook` from the next network brought up.
+    pub fn set_gateway(&self, hook: GatewayHook) {
+        *self.gateway.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
     /// Builds (or, after a server restart, re-adopts) the network of sprite `id` and starts
     /// its resolver. Returns the plan, whose sprite namespace the sprite must join.
     pub fn up(self: &Arc<Self>, id: &str) -> Result<Plan, NetError> {
@@ -263,6 +285,7 @@ impl Network {
             policy: Mutex::new(self.compiled(id)),
             resolved: Mutex::new(HashMap::new()),
             dns: Mutex::new(None),
+            gateway: Mutex::new(None),
         });
         if !(fresh && net.is_open()) {
             net.enforce()?;
@@ -270,15 +293,28 @@ impl Network {
         let sock = dns::bind_in_router(&plan)?;
         let task = tokio::spawn(dns::serve(net.clone(), sock, self.upstream));
         *net.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let hook = self
+            .gateway
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            // The old listener of an adopted network is gone with the server that bound it.
+            match dns::bind_tcp_in_router(&plan, netns::GATEWAY_PORT) {
+                Ok(l) => {
+                    *net.gateway.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(hook(id.to_string(), l));
+                }
+                Err(e) => tracing::warn!(id, "the sprite's gateway listener: {e}"),
+            }
+        }
         if let Some(old) = self
             .sprites
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), net)
         {
-            if let Some(t) = old.dns.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                t.abort();
-            }
+            old.stop_tasks();
         }
         Ok(plan)
     }
@@ -292,9 +328,7 @@ impl Network {
             .remove(id);
         let plan = match net {
             Some(n) => {
-                if let Some(t) = n.dns.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    t.abort();
-                }
+                n.stop_tasks();
                 n.plan.clone()
             }
             None => match Plan::registered_with_prefix(id)

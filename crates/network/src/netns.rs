@@ -23,6 +23,8 @@ use crate::NetError;
 pub const SPRITE_ADDR: &str = "10.0.0.1";
 /// The sprite's gateway and DNS server.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Port of the Connectors gateway on [`GATEWAY`] (served by the host, like DNS).
+pub const GATEWAY_PORT: u16 = 80;
 /// Uplink space: one /30 per sprite slot.
 const UPLINK_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 /// Destinations a sprite never reaches, whatever the policy says.
@@ -378,6 +380,7 @@ table ip sprite {{
         ct state established,related accept
         iifname "s0" ip daddr 10.0.0.2 udp dport 53 accept
         iifname "s0" ip daddr 10.0.0.2 tcp dport 53 accept
+        iifname "s0" ip daddr 10.0.0.2 tcp dport {GATEWAY_PORT} accept
     }}
     chain forward {{
         type filter hook forward priority 0; policy drop;

@@ -27,36 +27,6 @@ const MAX_CONNECTIONS: usize = 8;
 /// How long a request's head may take to arrive.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `app` on a sprite's socket: the sprite is hostile, so connections are few and
-/// heads must come quickly (request bodies are bounded by axum's 2 MB default).
-async fn serve_bounded(listener: tokio::net::UnixListener, app: Router) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("inside API: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!("inside API connection: {e}");
-            }
-        });
-    }
-}
-
 #[derive(Clone)]
 struct HostState {
     svc: Arc<Sprites>,
@@ -111,7 +81,14 @@ impl Sprites {
             .route("/v1/checkpoints/{id}/restore", post(restore))
             .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
             .with_state(state);
-        let task = tokio::spawn(serve_bounded(listener, app));
+        // The sprite is hostile: few connections, quick heads (bodies are bounded by axum's
+        // 2 MB default).
+        let task = tokio::spawn(sprites_gateway::bounded::serve(
+            listener,
+            app,
+            MAX_CONNECTIONS,
+            HEAD_TIMEOUT,
+        ));
         running.insert(rec.id.clone(), task.abort_handle());
         Ok(())
     }

@@ -7,6 +7,7 @@
 mod auth;
 mod checkpoints;
 mod config;
+mod connectors;
 mod error;
 mod hostapi;
 mod http;
@@ -47,6 +48,21 @@ enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: ImageCmd,
+    },
+    /// Manage the key that seals connectors' credentials.
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Seal every stored credential under a new key and retire the old one; a running
+    /// server keeps working throughout (it reads the key file when it changes).
+    RotateKey {
+        #[command(flatten)]
+        data: DataArgs,
     },
 }
 
@@ -123,6 +139,33 @@ struct ServeArgs {
     /// Most memory a microVM guest gets, in MiB (its sprite's memory limit caps it too).
     #[arg(long, env = "SPRITES_VM_MEMORY_MB", default_value_t = 1024)]
     vm_memory_mb: u64,
+    /// A provider setting for connectors, `NAME.FIELD=VALUE` (repeatable): `base_url`, and
+    /// for OAuth providers `authorize_url`, `token_url`, `scopes`, `client_id`,
+    /// `client_secret_file`.
+    #[arg(
+        long = "provider",
+        env = "SPRITES_PROVIDERS",
+        value_delimiter = ',',
+        value_name = "NAME.FIELD=VALUE"
+    )]
+    providers: Vec<String>,
+    /// Offer this server's own credential for a provider to every org, `PROVIDER=FILE`
+    /// (repeatable); orgs enable it with `POST /v1/oauth/connections/provision`.
+    #[arg(
+        long = "managed-connector",
+        env = "SPRITES_MANAGED_CONNECTORS",
+        value_delimiter = ',',
+        value_name = "PROVIDER=FILE"
+    )]
+    managed_connectors: Vec<String>,
+    /// Let the gateway send credentials to private, loopback and link-local addresses
+    /// (refused by default, so a provider URL cannot aim them at the host's own services).
+    #[arg(long, env = "SPRITES_GATEWAY_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    gateway_allow_private: bool,
+    /// Base URL people reach the API at, for OAuth redirects and setup links (default:
+    /// `http://<listen address>`).
+    #[arg(long, env = "SPRITES_PUBLIC_URL")]
+    public_url: Option<String>,
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
@@ -202,6 +245,9 @@ fn main() {
         Cmd::Image {
             cmd: ImageCmd::List { data },
         } => images::list(&data.image_dir()),
+        Cmd::Secrets {
+            cmd: SecretsCmd::RotateKey { data },
+        } => rotate_key(&data),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -229,6 +275,29 @@ fn token_create(data: &DataArgs, org: &str, description: &str) -> anyhow::Result
     let store = open_store(data)?;
     let token = store.blocking(|c| auth::create_token(c, org, description))?;
     println!("{token}");
+    Ok(())
+}
+
+/// The sealing keys of a data dir: `SPRITES_SECRET_KEY` if set (then taken out of the
+/// environment, which sprites' launchers would otherwise inherit), else the key file.
+fn open_vault(data_dir: &Path) -> anyhow::Result<sprites_gateway::vault::Vault> {
+    let env = std::env::var("SPRITES_SECRET_KEY")
+        .ok()
+        .map(secrecy::SecretString::from);
+    if env.is_some() {
+        std::env::remove_var("SPRITES_SECRET_KEY");
+    }
+    Ok(sprites_gateway::vault::Vault::open(data_dir, env)?)
+}
+
+fn rotate_key(data: &DataArgs) -> anyhow::Result<()> {
+    let store = open_store(data)?;
+    let vault = open_vault(&data.data_dir)?;
+    let n = connectors::rotate_key(&store, &vault)?;
+    println!(
+        "sealed {n} credential(s) under key {}; the old key is gone",
+        vault.current_key()
+    );
     Ok(())
 }
 
@@ -343,6 +412,29 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let store = open_store(&a.data)?;
     bootstrap(&store, &cfg)?;
+    let mut providers = sprites_gateway::providers::ProviderTable::default();
+    for p in &a.providers {
+        providers
+            .set(p)
+            .map_err(|e| anyhow::anyhow!("--provider {e}"))?;
+    }
+    for m in &a.managed_connectors {
+        providers
+            .set_managed(m)
+            .map_err(|e| anyhow::anyhow!("--managed-connector {e}"))?;
+    }
+    let vault = Arc::new(open_vault(&cfg.data_dir)?);
+    let connectors = connectors::Connectors::new(
+        store.clone(),
+        vault,
+        providers,
+        a.gateway_allow_private,
+        a.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.listen))
+            .trim_end_matches('/')
+            .to_string(),
+    );
     let image = match Images::new(&cfg.image_dir).current() {
         Some(b) => b,
         None => {
@@ -419,7 +511,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let backend_name = backend.kind().as_str();
     let runtime = Arc::new(Runtime::new(backend));
     let pool_owner = network.clone();
-    let svc = Arc::new(service::Sprites::new(cfg.clone(), store, runtime, network)?);
+    if let Some(net) = &network {
+        // Each sprite's gateway listener, from its network's birth: identity is the listener.
+        let gw = connectors.gateway.clone();
+        net.set_gateway(Arc::new(move |id, listener| {
+            tokio::spawn(gw.clone().serve(id, listener))
+        }));
+    }
+    let svc = Arc::new(service::Sprites::new(
+        cfg.clone(),
+        store,
+        runtime,
+        network,
+        connectors.clone(),
+    )?);
     svc.collect_garbage()
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -446,6 +551,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+        if a.public_url.is_none() {
+            svc.connectors.set_public_url(format!("http://{addr}"));
+        }
+        svc.connectors.spawn_usage_writer();
         // Written whole or not at all: tools poll for it.
         let tmp = cfg.data_dir.join("spritesd.addr.tmp");
         std::fs::write(&tmp, addr.to_string())?;

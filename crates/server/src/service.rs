@@ -46,6 +46,8 @@ pub struct Sprites {
     pub(crate) views_lock: tokio::sync::Mutex<()>,
     /// Latest view-sync request per sprite (debounce).
     pub(crate) views_pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Connectors and the gateway sprites call.
+    pub connectors: Arc<crate::connectors::Connectors>,
     /// Inside-API servers, by sprite id.
     pub(crate) host_apis:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
@@ -61,6 +63,7 @@ impl Sprites {
         store: Store,
         runtime: Arc<Runtime>,
         network: Option<Arc<sprites_network::Network>>,
+        connectors: Arc<crate::connectors::Connectors>,
     ) -> Result<Self, sprites_storage::StorageError> {
         let disks = DiskFactory::new(&cfg.image_dir);
         let images = sprites_storage::image::Images::new(&cfg.image_dir);
@@ -80,6 +83,7 @@ impl Sprites {
             memory_overrides: Default::default(),
             chunks,
             checkpoint_locks: Default::default(),
+            connectors,
             host_apis: Default::default(),
             views_lock: Default::default(),
             views_pending: Default::default(),
@@ -110,7 +114,18 @@ impl Sprites {
             pids_limit: self.cfg.pids_limit,
             disk_limit: config.storage_gb.map(|gb| gb.saturating_mul(1_000_000_000)),
             cpu_limit: config.cpus,
-            env: serde_json::from_str(&rec.environment).unwrap_or_default(),
+            env: {
+                let mut env: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&rec.environment).unwrap_or_default();
+                // Where connectors are called from inside (answered by the sprite's resolver).
+                if self.network.is_some() {
+                    env.insert(
+                        "SPRITES_GATEWAY_URL".into(),
+                        sprites_gateway::GATEWAY_URL.into(),
+                    );
+                }
+                env
+            },
             host_dir: Some(crate::hostapi::host_dir(&self.cfg.data_dir, &rec.id)),
             base: rec
                 .base_image

@@ -110,6 +110,54 @@ ALTER TABLE sprites ADD COLUMN base_image TEXT;
 ALTER TABLE checkpoints ADD COLUMN base_image TEXT;
 "#,
         ),
+        // Connectors: credentials only ever sealed (key_id + secret), never in plaintext.
+        M::up(
+            r#"
+CREATE TABLE connections (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    provider TEXT NOT NULL,
+    connection_type TEXT NOT NULL,
+    account_id TEXT NOT NULL DEFAULT '',
+    account_name TEXT,
+    scopes TEXT,
+    policy TEXT NOT NULL DEFAULT '{}',
+    provider_info TEXT NOT NULL DEFAULT '{}',
+    base_url TEXT,
+    placement TEXT,
+    key_id TEXT,
+    secret BLOB,
+    token_expires_at INTEGER,
+    inserted_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX connections_org ON connections(org_id);
+CREATE TABLE oauth_states (
+    state TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    provider TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    scopes TEXT,
+    add_to TEXT,
+    key_id TEXT NOT NULL,
+    verifier BLOB NOT NULL,
+    policy TEXT,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE gateway_usage (
+    at INTEGER NOT NULL,
+    org_id TEXT NOT NULL,
+    connection_id TEXT,
+    sprite_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    millis INTEGER NOT NULL
+);
+CREATE INDEX gateway_usage_conn ON gateway_usage(connection_id, at);
+"#,
+        ),
     ])
 }
 

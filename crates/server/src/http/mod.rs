@@ -2,6 +2,7 @@
 //! result to a response.
 
 mod checkpoints;
+mod connectors;
 pub(crate) use checkpoints::ndjson;
 pub(crate) use sprites::json_body;
 mod forward;
@@ -69,6 +70,21 @@ pub fn router(state: AppState) -> Router {
             "/sprites/{name}/checkpoints/{id}/restore",
             post(checkpoints::restore),
         )
+        .route("/oauth/connections", get(connectors::list))
+        .route(
+            "/oauth/connections/api_key",
+            post(connectors::create_api_key),
+        )
+        .route("/oauth/connections/provision", post(connectors::provision))
+        .route(
+            "/oauth/connections/{id}",
+            get(connectors::get)
+                .put(connectors::replace)
+                .patch(connectors::patch)
+                .delete(connectors::delete),
+        )
+        .route("/oauth/connections/{id}/sprites", get(connectors::sprites))
+        .route("/oauth/{provider}/authorize", get(connectors::authorize))
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))
         .route(
@@ -87,8 +103,30 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The OAuth callback is reached by the user's browser, redirected by the provider (no
+    // token; the single-use state names the org), and by scripts with a token (POST).
+    let callback = Router::new()
+        .route(
+            "/v1/oauth/{provider}/callback",
+            get(connectors::callback_get).post(connectors::callback_post),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            token_unless_get,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // The gateway answers only on each sprite's own listener; here, nobody is a sprite.
+        .route(
+            "/v1/gateway/{*rest}",
+            any(|| async {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "the gateway is called from inside a running sprite, at $SPRITES_GATEWAY_URL",
+                )
+            }),
+        )
+        .merge(callback)
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         // Inside `url::route`: a sprite URL answers what the sprite's app answers.
@@ -116,6 +154,14 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
         .map(str::trim)
+}
+
+/// [`require_token`] for every method but GET.
+async fn token_unless_get(state: State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == http::Method::GET {
+        return next.run(req).await;
+    }
+    require_token(state, req, next).await
 }
 
 /// Every `/v1` route needs `Authorization: Bearer <token>`; the org goes into extensions.

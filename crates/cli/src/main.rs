@@ -8,7 +8,7 @@ mod config;
 mod context;
 mod terminal;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -158,6 +158,33 @@ pub enum Cmd {
         /// bash, zsh, fish, powershell or elvish.
         shell: clap_complete::Shell,
     },
+    /// Manage the org's connectors: API credentials sprites use through the gateway
+    /// ($SPRITES_GATEWAY_URL) without ever holding them.
+    ///
+    /// Examples:
+    ///   sprite connectors create --provider anthropic --api-key-file key.txt --label ai
+    ///   sprite connectors create --provider custom_api --name weather \
+    ///       --base-url https://api.example.com/v2 --auth-in query --auth-name key \
+    ///       --api-key-file - --prefix ci- < key.txt
+    ///   sprite connectors update conn_abc --block '/admin*'
+    ///   sprite connectors sprites conn_abc
+    ///   sprite connectors authorize github
+    #[command(verbatim_doc_comment, visible_alias = "connector")]
+    Connectors {
+        #[command(subcommand)]
+        cmd: ConnectorsCmd,
+    },
+    /// Show, add or remove the sprite's labels (connectors' policies match on them).
+    ///
+    /// Examples:
+    ///   sprite labels
+    ///   sprite labels add ai ci
+    ///   sprite labels remove ci
+    #[command(verbatim_doc_comment)]
+    Labels {
+        #[command(subcommand)]
+        cmd: Option<LabelsCmd>,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).
@@ -165,6 +192,132 @@ pub enum Cmd {
         /// Arguments for curl.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         curl_args: Vec<String>,
+    },
+}
+
+/// Who may use a connector (deny by default).
+#[derive(Args, Debug, Default)]
+pub struct PolicyArgs {
+    /// Every sprite of the org.
+    #[arg(long)]
+    pub allow_all: bool,
+    /// Sprites whose name starts with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Sprites carrying this label (repeatable: all of them).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Only these provider paths: exact, or ending in * (repeatable).
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Never these provider paths (repeatable; checked first).
+    #[arg(long)]
+    pub block: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ConnectorsCmd {
+    /// List the org's connectors.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this provider's.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connector, its policy and usage.
+    Get {
+        /// Connector id (conn_...).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store an API key (or a custom API) as a connector.
+    Create {
+        /// openrouter, anthropic, openai or custom_api.
+        #[arg(long)]
+        provider: String,
+        /// File holding the key (`-` for stdin; stdin is read when omitted).
+        #[arg(long)]
+        api_key_file: Option<String>,
+        /// Name (custom_api).
+        #[arg(long)]
+        name: Option<String>,
+        /// Base URL (custom_api).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Where the key goes (custom_api): header, query or path.
+        #[arg(long, value_parser = ["header", "query", "path"])]
+        auth_in: Option<String>,
+        /// Header or query parameter name (custom_api).
+        #[arg(long)]
+        auth_name: Option<String>,
+        /// Value format with {token} (custom_api), e.g. "Token {token}".
+        #[arg(long)]
+        auth_format: Option<String>,
+        /// A GET sent with the key before saving (custom_api), e.g. /me.
+        #[arg(long)]
+        test_path: Option<String>,
+        /// Status the test request must answer (200).
+        #[arg(long)]
+        expect_status: Option<u16>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Change a connector's policy (the flags given) or rotate its key.
+    Update {
+        /// Connector id.
+        id: String,
+        /// A new key, from this file (`-` for stdin).
+        #[arg(long)]
+        api_key_file: Option<String>,
+        /// Replace the whole policy with the flags given (default: change only those).
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Delete a connector; its credential is destroyed at once.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Connector id.
+        id: String,
+    },
+    /// The sprites a connector's policy grants now.
+    Sprites {
+        /// Connector id.
+        id: String,
+    },
+    /// Connect an OAuth provider (github, slack, slack_bot): prints the URL to open.
+    Authorize {
+        /// Provider.
+        provider: String,
+        /// Scopes, comma-separated (default: the provider's).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Wait until the connection arrives.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LabelsCmd {
+    /// Add labels.
+    Add {
+        /// Labels.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Remove labels.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// Labels.
+        #[arg(required = true)]
+        labels: Vec<String>,
     },
 }
 

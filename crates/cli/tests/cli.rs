@@ -607,3 +607,97 @@ fn list_watch_prints_changes_as_they_happen() {
     let _ = child.wait();
     assert_eq!(next, "w-two\trunning");
 }
+
+#[test]
+fn connectors_and_labels() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "ai-1", "--skip-console"]);
+    let key = "sk-cli-test-7f3a9b2c1d0e";
+    // The key comes on stdin (or from a file), never as an argument.
+    let mut child = s
+        .cli()
+        .args([
+            "connectors",
+            "create",
+            "--provider",
+            "anthropic",
+            "--label",
+            "ai",
+            "--block",
+            "/admin*",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("Created connector conn_") && out.contains("labels ai"),
+        "{out}"
+    );
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("conn_"))
+        .unwrap()
+        .to_string();
+    let out = ok(&s, &["connectors", "list"]);
+    assert!(
+        out.contains(&id) && out.contains("anthropic") && out.contains("labels ai"),
+        "{out}"
+    );
+    let out = ok(&s, &["connectors", "get", &id]);
+    assert!(
+        out.contains("blocked:   /admin*") && out.contains("$SPRITES_GATEWAY_URL"),
+        "{out}"
+    );
+    assert!(!out.contains(key) && !ok(&s, &["connectors", "get", &id, "--json"]).contains(key));
+    // Who may use it follows the sprite's labels.
+    assert!(ok(&s, &["connectors", "sprites", &id]).contains("No sprite"));
+    assert_eq!(
+        ok(&s, &["labels", "-s", "ai-1", "add", "ai", "gpu"]),
+        "ai\ngpu\n"
+    );
+    assert_eq!(ok(&s, &["connectors", "sprites", &id]), "ai-1\tai,gpu\n");
+    assert_eq!(ok(&s, &["labels", "-s", "ai-1", "remove", "gpu"]), "ai\n");
+    assert_eq!(ok(&s, &["labels", "-s", "ai-1"]), "ai\n");
+    // Changing only the flags given keeps the rest; --replace replaces all.
+    let out = ok(&s, &["connectors", "update", &id, "--prefix", "ai-"]);
+    assert!(
+        out.contains("names starting \"ai-\" and labels ai"),
+        "{out}"
+    );
+    let out = ok(
+        &s,
+        &["connectors", "update", &id, "--replace", "--allow-all"],
+    );
+    assert!(out.contains("every sprite"), "{out}");
+    // With a terminal-less empty stdin and no file: a clear error, nothing stored.
+    let err = fails(&s, &["connectors", "create", "--provider", "openai"]);
+    assert!(err.contains("empty"), "{err}");
+    let err = fails(
+        &s,
+        &[
+            "connectors",
+            "create",
+            "--provider",
+            "nope",
+            "--api-key-file",
+            "/etc/hostname",
+        ],
+    );
+    assert!(err.contains("unknown provider"), "{err}");
+    let err = fails(&s, &["connectors", "get", "conn_missing"]);
+    assert!(err.contains("not found"), "{err}");
+    assert!(ok(&s, &["connectors", "delete", &id]).contains("Deleted"));
+    assert!(ok(&s, &["connectors", "list"]).contains("No connectors yet"));
+}

@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod client;
+mod connectors;
 mod error;
 mod exec;
 mod frames;

@@ -369,6 +369,10 @@ async fn sprites_call_providers_through_the_gateway_without_ever_holding_the_key
     let found = sh(&api, "agent", &format!("(env; cat /proc/*/environ; grep -rs -- '{KEY}' /etc /home /tmp /.sprite /root /var) 2>/dev/null | grep -c -- '{KEY}' || true")).await;
     assert_eq!(found.trim(), "0");
 
+    // Coding agents find the skill that says how to use the gateway.
+    let out = sh(&api, "agent", "for a in claude cursor codex gemini; do f=~/.$a/skills/sprite-api-gateway/SKILL.md; stat -c %U $f; grep -c 'v1/gateway/list' $f; done").await;
+    assert_eq!(out, "sprite\n1\n".repeat(4), "{out}");
+
     // A sprite without the label: refused, as the docs say.
     let (code, v) = call(
         &api,

@@ -11,9 +11,24 @@ use serde_json::json;
 async fn microvm_sprites_through_the_api() {
     // On XFS, so checkpoints of a disk QEMU writes are tracked by reflink too.
     let vol = sprites_testing::XfsVolume::new(40).unwrap();
+    // A provider for the gateway: says whether the connector's key arrived.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_url = format!("http://{}", up.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|h: axum::http::HeaderMap| async move {
+        if h.get("x-api-key").is_some_and(|v| v == "sk-vm-key") {
+            "key arrived"
+        } else {
+            "no key"
+        }
+    });
+    tokio::spawn(async move { axum::serve(up, app).await.unwrap() });
+    let provider = format!("anthropic.base_url={up_url}");
     let s = TestServer::start_in(
         vol.path(),
         &[
+            "--gateway-allow-private",
+            "--provider",
+            &provider,
             "--backend",
             "microvm",
             "--warm-after",
@@ -42,6 +57,20 @@ async fn microvm_sprites_through_the_api() {
     );
     assert_eq!(lines.next(), Some("sprite"));
     assert_eq!(lines.next(), Some("nameserver 10.0.0.2"));
+
+    // The guest reaches the Connectors gateway like any sprite, and never holds the key.
+    let (st, v) = api
+        .json(
+            Method::POST,
+            "/v1/oauth/connections/api_key",
+            Some(json!({"provider": "anthropic", "api_key": "sk-vm-key", "access_policy": {"allow_all": true}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let o = api
+        .sh("vm", "curl -s $SPRITES_GATEWAY_URL/v1/gateway/anthropic/v1/models; echo; env | grep -c sk-vm-key")
+        .await;
+    assert_eq!(o.stdout, "key arrived\n0\n", "{o:?}");
 
     // The network policy applies to the guest as to any sprite: blocked names are refused.
     let (st, _) = api

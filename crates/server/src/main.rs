@@ -13,6 +13,7 @@ mod hostapi;
 mod http;
 mod images;
 mod limits;
+mod mcp;
 mod service;
 mod store;
 
@@ -551,9 +552,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // With port 0 the kernel picks one; tools read the real address from this file.
         let addr = listener.local_addr()?;
         svc.port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
-        if a.public_url.is_none() {
-            svc.connectors.set_public_url(format!("http://{addr}"));
-        }
+        let public = a
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{addr}"));
+        svc.connectors.set_public_url(public.clone());
+        svc.mcp.set_public_url(public);
         svc.connectors.spawn_usage_writer();
         // Written whole or not at all: tools poll for it.
         let tmp = cfg.data_dir.join("spritesd.addr.tmp");

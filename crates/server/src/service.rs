@@ -48,6 +48,10 @@ pub struct Sprites {
     pub(crate) views_pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Connectors and the gateway sprites call.
     pub connectors: Arc<crate::connectors::Connectors>,
+    /// The MCP server and its OAuth server.
+    pub mcp: Arc<sprites_mcp::Mcp>,
+    /// The REST API as MCP tools call it (its router is set once built).
+    pub in_process: Arc<crate::mcp::InProcess>,
     /// Inside-API servers, by sprite id.
     pub(crate) host_apis:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
@@ -65,6 +69,14 @@ impl Sprites {
         network: Option<Arc<sprites_network::Network>>,
         connectors: Arc<crate::connectors::Connectors>,
     ) -> Result<Self, sprites_storage::StorageError> {
+        let in_process = crate::mcp::InProcess::new(store.clone());
+        let mcp = sprites_mcp::Mcp::new(
+            in_process.clone(),
+            Arc::new(crate::mcp::Rows {
+                store: store.clone(),
+            }),
+            format!("http://{}", cfg.listen),
+        );
         let disks = DiskFactory::new(&cfg.image_dir);
         let images = sprites_storage::image::Images::new(&cfg.image_dir);
         let port = std::sync::atomic::AtomicU16::new(cfg.listen.port());
@@ -84,6 +96,8 @@ impl Sprites {
             chunks,
             checkpoint_locks: Default::default(),
             connectors,
+            mcp,
+            in_process,
             host_apis: Default::default(),
             views_lock: Default::default(),
             views_pending: Default::default(),

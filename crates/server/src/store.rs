@@ -158,6 +158,45 @@ CREATE TABLE gateway_usage (
 CREATE INDEX gateway_usage_conn ON gateway_usage(connection_id, at);
 "#,
         ),
+        // The MCP server's OAuth: codes and tokens are stored as SHA-256 hashes only.
+        M::up(
+            r#"
+CREATE TABLE mcp_clients (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    redirect_uris TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE mcp_grants (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    client_name TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    prefix TEXT,
+    max_sprites INTEGER,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+);
+CREATE INDEX mcp_grants_org ON mcp_grants(org_id);
+CREATE TABLE mcp_codes (
+    hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    challenge TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE mcp_tokens (
+    hash TEXT PRIMARY KEY,
+    grant_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX mcp_tokens_grant ON mcp_tokens(grant_id);
+"#,
+        ),
     ])
 }
 

@@ -30,8 +30,14 @@ pub type AppState = Arc<Sprites>;
 /// Largest JSON body accepted by the control-plane routes.
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
 
-/// The whole API.
+/// The whole API, also handed to the MCP tools' in-process caller.
 pub fn router(state: AppState) -> Router {
+    let r = build(state.clone());
+    let _ = state.in_process.router.set(r.clone());
+    r
+}
+
+fn build(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/sprites", get(sprites::list).post(sprites::create))
         .route(
@@ -85,6 +91,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/oauth/connections/{id}/sprites", get(connectors::sprites))
         .route("/oauth/{provider}/authorize", get(connectors::authorize))
+        .route(
+            "/mcp/grants",
+            get(crate::mcp::list_grants).post(crate::mcp::create_grant),
+        )
+        .route(
+            "/mcp/grants/{id}",
+            axum::routing::delete(crate::mcp::revoke_grant),
+        )
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))
         .route(
@@ -127,6 +141,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(callback)
+        .merge(state.mcp.router())
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         // Inside `url::route`: a sprite URL answers what the sprite's app answers.
@@ -166,6 +181,11 @@ async fn token_unless_get(state: State<AppState>, req: Request, next: Next) -> R
 
 /// Every `/v1` route needs `Authorization: Bearer <token>`; the org goes into extensions.
 async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // MCP tools call the API in-process with the org already found (only this process can
+    // put an extension on a request).
+    if req.extensions().get::<Org>().is_some() {
+        return next.run(req).await;
+    }
     let token = bearer(req.headers());
     let Some(token) = token else {
         return ApiError::new(ErrorCode::Unauthorized, "missing bearer token").into_response();

@@ -315,11 +315,13 @@ impl Handler {
                 }
                 if let Some(r) = &a.restriction {
                     match self.list(a, &r.prefix).await {
-                        Ok(l) if l.len() as u32 >= r.max_sprites => return Ok(Err(Fail(format!(
+                        Ok(l) if l.len() as u32 >= r.max_sprites => {
+                            return Ok(Err(Fail(format!(
                             "this grant may have at most {} sprites and has {}; destroy one first",
                             r.max_sprites,
                             l.len()
-                        )))),
+                        ))))
+                        }
                         Ok(_) => {}
                         Err(f) => return Ok(Err(f)),
                     }
@@ -661,6 +663,8 @@ impl Handler {
         if let Some(d) = args.get("dir").and_then(Value::as_str) {
             q.push(format!("dir={}", enc(d)));
         }
+        // A command outliving the call's timeout goes on as a session for up to an hour.
+        q.push("max_run_after_disconnect=1h".into());
         let stdin = args
             .get("stdin")
             .and_then(Value::as_str)
@@ -879,5 +883,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(mcp: Arc<Mcp>) -> Router<
     );
     Router::new()
         .nest_service("/mcp", service)
+        // One JSON-RPC message per request: 4 MiB is far more than any tool call needs.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(4 << 20))
         .layer(middleware::from_fn_with_state(mcp, authenticate))
 }

@@ -9,6 +9,7 @@ pub mod connector;
 pub mod duration;
 pub mod error;
 pub mod exec;
+pub mod mcp;
 pub mod names;
 pub mod signal;
 pub mod sprite;

@@ -185,6 +185,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: Option<LabelsCmd>,
     },
+    /// The server's MCP endpoint: how to add it to MCP clients, tokens for clients without
+    /// OAuth, and the org's grants.
+    ///
+    /// Examples:
+    ///   sprite mcp                                  # the URL and how to add it
+    ///   sprite mcp token --prefix agent- --max 3    # a restricted token, shown once
+    ///   sprite mcp token --full
+    ///   sprite mcp grants
+    ///   sprite mcp grants revoke mcpg_abc
+    #[command(verbatim_doc_comment)]
+    Mcp {
+        #[command(subcommand)]
+        cmd: Option<McpCmd>,
+    },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).
@@ -301,6 +315,39 @@ pub enum ConnectorsCmd {
         /// Wait until the connection arrives.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum McpCmd {
+    /// Make a grant and its bearer token for an MCP client that cannot sign in with OAuth.
+    Token {
+        /// Full access to every sprite of the org.
+        #[arg(long, conflicts_with = "restricted")]
+        full: bool,
+        /// Restricted to the prefix and cap (the default).
+        #[arg(long)]
+        restricted: bool,
+        /// Restricted: sprite names must start with this.
+        #[arg(long, default_value = "mcp-")]
+        prefix: String,
+        /// Restricted: most sprites.
+        #[arg(long, default_value_t = 5)]
+        max: u32,
+    },
+    /// List the org's MCP grants, or revoke one.
+    Grants {
+        #[command(subcommand)]
+        cmd: Option<GrantsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GrantsCmd {
+    /// Revoke a grant: its tokens stop working at once.
+    Revoke {
+        /// Grant id (mcpg_...).
+        id: String,
     },
 }
 

@@ -701,3 +701,48 @@ fn connectors_and_labels() {
     assert!(ok(&s, &["connectors", "delete", &id]).contains("Deleted"));
     assert!(ok(&s, &["connectors", "list"]).contains("No connectors yet"));
 }
+
+#[test]
+fn mcp_endpoint_tokens_and_grants() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    let out = ok(&s, &["mcp"]);
+    assert!(
+        out.contains(&format!("{}/mcp", s.url)) && out.contains("claude mcp add"),
+        "{out}"
+    );
+    // The token is the only line on stdout, so it can be captured.
+    let o = s
+        .run_cli(&["mcp", "token", "--prefix", "bot-", "--max", "2"])
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let token = out.trim().to_string();
+    assert!(
+        token.starts_with("mcp_at_") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert!(err.contains("bot-* sprites, at most 2"), "{err}");
+    // It works on /mcp.
+    let r = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", &format!("authorization: Bearer {token}"), "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream", "-d", r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#, &format!("{}/mcp", s.url)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "200");
+    let list = ok(&s, &["mcp", "grants"]);
+    let id = list
+        .split_whitespace()
+        .find(|w| w.starts_with("mcpg_"))
+        .expect("a grant")
+        .to_string();
+    assert!(
+        list.contains("bot-* sprites, at most 2") && !list.contains("never"),
+        "{list}"
+    );
+    assert!(ok(&s, &["mcp", "grants", "revoke", &id]).contains("Revoked"));
+    assert!(ok(&s, &["mcp", "grants"]).contains("No MCP grants"));
+    let err = fails(&s, &["mcp", "grants", "revoke", &id]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(&s, &["mcp", "token", "--prefix", "Bad Prefix"]);
+    assert!(err.contains("prefix"), "{err}");
+}

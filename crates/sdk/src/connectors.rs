@@ -124,3 +124,36 @@ impl Client {
         Ok(e.connection)
     }
 }
+
+impl Client {
+    /// The org's MCP grants.
+    pub async fn mcp_grants(&self) -> Result<Vec<sprites_api::mcp::McpGrant>> {
+        let l: sprites_api::mcp::McpGrantList = self
+            .json(self.request(Method::GET, "/v1/mcp/grants"), &[200])
+            .await?;
+        Ok(l.grants)
+    }
+
+    /// A grant and its `/mcp` token for a client without OAuth (the token is shown once).
+    pub async fn create_mcp_grant(
+        &self,
+        req: &sprites_api::mcp::CreateMcpGrantRequest,
+    ) -> Result<sprites_api::mcp::CreatedMcpGrant> {
+        self.json(
+            self.request(Method::POST, "/v1/mcp/grants").json(req),
+            &[201],
+        )
+        .await
+    }
+
+    /// Revokes a grant: its tokens stop working at once.
+    pub async fn revoke_mcp_grant(&self, id: &str) -> Result<()> {
+        let escaped: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        self.send(
+            self.request(Method::DELETE, &format!("/v1/mcp/grants/{escaped}")),
+            &[204],
+        )
+        .await?;
+        Ok(())
+    }
+}

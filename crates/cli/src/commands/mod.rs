@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod connectors;
 pub mod cp;
 pub mod exec;
+pub mod mcp;
 pub mod proxy;
 pub mod sprites;
 
@@ -77,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Cmd::Restore { id } => checkpoint::restore(&ctx, &id).await,
                 Cmd::Connectors { cmd } => connectors::connectors(&ctx, cmd).await,
                 Cmd::Labels { cmd } => connectors::labels(&ctx, cmd).await,
+                Cmd::Mcp { cmd } => mcp::mcp(&ctx, cmd).await,
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
                 Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
                 Cmd::Cp { src, dest } => cp::cp(&ctx, &src, &dest).await,

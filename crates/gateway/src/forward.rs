@@ -180,6 +180,31 @@ pub enum ForwardError {
     Bad(String),
 }
 
+/// An HTTP client for URLs that outsiders choose (an MCP client's metadata document): it
+/// connects only to public addresses (checked on the address connected to) unless
+/// `allow_private`, follows no redirect, and gives up after `timeout`.
+pub fn outside_client(allow_private: bool, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(Resolver { allow_private }))
+        .no_proxy()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Whether the host of `url` may be fetched: a name (resolved and checked at connect time),
+/// or a literal public address.
+pub fn literal_host_allowed(url: &url::Url, allow_private: bool) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => allow_private || is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => allow_private || is_public(ip.into()),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
+    }
+}
+
 impl Forwarder {
     /// A client; `allow_private` lets credentials go to private and loopback addresses.
     pub fn new(allow_private: bool) -> Self {

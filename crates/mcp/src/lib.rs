@@ -164,11 +164,23 @@ pub struct Mcp {
     public_url: std::sync::RwLock<String>,
     /// Signs the consent form (CSRF); new at each start, so old forms expire with it.
     form_key: [u8; 32],
+    /// Fetches client ID metadata documents.
+    pub(crate) fetcher: reqwest::Client,
+    /// Whether metadata documents may be on private addresses and plain HTTP (tests).
+    pub(crate) allow_private_metadata: bool,
+    /// Metadata documents already fetched: (when, client).
+    pub(crate) documents:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, ClientRow)>>,
 }
 
 impl Mcp {
     /// An MCP server over `api` and `auth`, reached at `public_url` (no trailing slash).
-    pub fn new(api: Arc<dyn SpriteApi>, auth: Arc<dyn AuthStore>, public_url: String) -> Arc<Self> {
+    pub fn new(
+        api: Arc<dyn SpriteApi>,
+        auth: Arc<dyn AuthStore>,
+        public_url: String,
+        allow_private_metadata: bool,
+    ) -> Arc<Self> {
         let mut form_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut form_key);
         Arc::new(Mcp {
@@ -176,6 +188,12 @@ impl Mcp {
             auth,
             public_url: std::sync::RwLock::new(public_url),
             form_key,
+            fetcher: sprites_gateway::forward::outside_client(
+                allow_private_metadata,
+                std::time::Duration::from_secs(5),
+            ),
+            allow_private_metadata,
+            documents: Default::default(),
         })
     }
 

@@ -74,6 +74,7 @@ async fn authorization_server(State(m): State<Arc<Mcp>>) -> Json<Value> {
         "revocation_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": [SCOPE],
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": true,
     }))
 }
 
@@ -254,14 +255,105 @@ impl Mcp {
     /// Checks a request up to its redirect URI; errors are shown to the person (never sent to
     /// an unverified redirect).
     async fn check_client(&self, r: &AuthRequest) -> Result<ClientRow, String> {
-        let c = self
-            .auth
-            .client(&r.client_id)
-            .await
-            .ok_or_else(|| "unknown client_id: the client must register first".to_string())?;
+        let c = if r.client_id.starts_with("https://") || r.client_id.starts_with("http://") {
+            self.metadata_document(&r.client_id).await?
+        } else {
+            self.auth
+                .client(&r.client_id)
+                .await
+                .ok_or_else(|| "unknown client_id: the client must register first".to_string())?
+        };
         if !redirect_matches(&c.redirect_uris, &r.redirect_uri) {
             return Err("redirect_uri is not one this client registered".into());
         }
+        Ok(c)
+    }
+
+    /// A Client ID Metadata Document: the `client_id` is an HTTPS URL whose JSON names the
+    /// client and its redirect URIs. Fetched with an SSRF guard (public addresses only, no
+    /// redirects, 5 s, 64 KiB) and kept for 5 minutes.
+    async fn metadata_document(&self, url: &str) -> Result<ClientRow, String> {
+        const MAX: usize = 64 * 1024;
+        if let Some((at, c)) = self
+            .documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(url)
+        {
+            if at.elapsed() < std::time::Duration::from_secs(300) {
+                return Ok(c.clone());
+            }
+        }
+        let u = url::Url::parse(url).map_err(|e| format!("client_id is not a URL: {e}"))?;
+        let https = u.scheme() == "https";
+        if !(https || self.allow_private_metadata)
+            || u.path() == "/"
+            || u.fragment().is_some()
+            || url.len() > 2000
+        {
+            return Err("a URL client_id must be an HTTPS URL with a path".into());
+        }
+        if !sprites_gateway::forward::literal_host_allowed(&u, self.allow_private_metadata) {
+            return Err("the client_id's host is not a public address".into());
+        }
+        let failed =
+            |e: String| format!("the client's metadata document could not be fetched: {e}");
+        let mut resp = self
+            .fetcher
+            .get(u.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| failed(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(failed(format!("it answered {}", resp.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| failed(e.without_url().to_string()))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX {
+                return Err(failed("it is larger than 64 KiB".into()));
+            }
+        }
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|_| failed("it is not JSON".into()))?;
+        if v["client_id"].as_str() != Some(url) {
+            return Err("the metadata document's client_id is not its own URL".into());
+        }
+        let uris: Vec<String> = v["redirect_uris"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if uris.is_empty() || uris.len() > 10 || uris.iter().any(|x| !redirect_allowed(x)) {
+            return Err(
+                "the metadata document's redirect_uris must be 1 to 10 HTTPS or loopback URIs"
+                    .into(),
+            );
+        }
+        let c = ClientRow {
+            id: url.to_string(),
+            name: v["client_name"]
+                .as_str()
+                .unwrap_or(u.host_str().unwrap_or("MCP client"))
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect(),
+            redirect_uris: uris,
+            created_at: now_ms(),
+        };
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(url.to_string(), (std::time::Instant::now(), c.clone()));
         Ok(c)
     }
 

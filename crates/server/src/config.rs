@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Object store of checkpoint chunks and manifests: a folder or `s3://bucket/prefix`.
     pub object_store: String,
+    /// Whether MCP clients' metadata documents may be fetched from private addresses and
+    /// over plain HTTP (tests and closed networks).
+    pub mcp_metadata_allow_private: bool,
 }
 
 impl Config {

@@ -163,6 +163,10 @@ struct ServeArgs {
     /// (refused by default, so a provider URL cannot aim them at the host's own services).
     #[arg(long, env = "SPRITES_GATEWAY_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     gateway_allow_private: bool,
+    /// Let the MCP authorization server fetch clients' metadata documents (URL client ids)
+    /// from private addresses and over plain HTTP; off by default (an SSRF guard).
+    #[arg(long, env = "SPRITES_MCP_METADATA_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    mcp_metadata_allow_private: bool,
     /// Base URL people reach the API at, for OAuth redirects and setup links (default:
     /// `http://<listen address>`).
     #[arg(long, env = "SPRITES_PUBLIC_URL")]
@@ -410,6 +414,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .object_store
             .clone()
             .unwrap_or_else(|| a.data.data_dir.join("objects").display().to_string()),
+        mcp_metadata_allow_private: a.mcp_metadata_allow_private,
     };
     let store = open_store(&a.data)?;
     bootstrap(&store, &cfg)?;

@@ -76,6 +76,7 @@ impl Sprites {
                 store: store.clone(),
             }),
             format!("http://{}", cfg.listen),
+            cfg.mcp_metadata_allow_private,
         );
         let disks = DiskFactory::new(&cfg.image_dir);
         let images = sprites_storage::image::Images::new(&cfg.image_dir);

@@ -21,6 +21,8 @@ fn nofollow() -> reqwest::Client {
 struct Client {
     base: String,
     id: String,
+    /// The name the consent page shows, HTML-escaped.
+    name: String,
     redirect: String,
     http: reqwest::Client,
 }
@@ -78,6 +80,7 @@ impl Client {
         Client {
             base: s.url.clone(),
             id: v["client_id"].as_str().unwrap().to_string(),
+            name: "Test &lt;Agent&gt;".into(),
             redirect,
             http,
         }
@@ -110,7 +113,7 @@ impl Client {
         assert_eq!(page.status(), StatusCode::OK);
         let html = page.text().await.unwrap();
         assert!(
-            html.contains("Test &lt;Agent&gt;") && html.contains("name=\"token\""),
+            html.contains(&self.name) && html.contains("name=\"token\""),
             "{html}"
         );
         let mut fields = hidden_fields(&html);
@@ -795,10 +798,11 @@ async fn grants_are_listed_and_revoked_and_bad_requests_are_refused() {
         "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"x\":\"{}\"}}}}",
         "a".repeat(5 << 20)
     );
-    assert_eq!(
-        post(big.into_bytes()).await.unwrap().status(),
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    // 413, or the connection closed while the rest of the body was still being sent.
+    match post(big.into_bytes()).await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]);
     let st = post(batch.to_string().into_bytes()).await.unwrap().status();
     assert!(st.is_client_error(), "{st}");
@@ -812,4 +816,74 @@ async fn grants_are_listed_and_revoked_and_bad_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_client_named_by_its_metadata_document_signs_in_and_the_fetch_is_guarded() {
+    // The client's metadata document, served by the test (plain HTTP on loopback, which only
+    // a server started with --mcp-metadata-allow-private fetches).
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let doc_url = format!("http://{}/oauth/client.json", l.local_addr().unwrap());
+    let doc = json!({"client_id": doc_url, "client_name": "Metadata Client", "redirect_uris": ["http://127.0.0.1:35555/cb"]});
+    let app = axum::Router::new().route(
+        "/oauth/client.json",
+        axum::routing::get(move || {
+            let d = doc.clone();
+            async move { axum::Json(d) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let s = TestServer::start_with(&["--mcp-metadata-allow-private"]).unwrap();
+    let asm: Value = reqwest::get(format!("{}/.well-known/oauth-authorization-server", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asm["client_id_metadata_document_supported"], true);
+    let c = Client {
+        base: s.url.clone(),
+        id: doc_url.clone(),
+        name: "Metadata Client".into(),
+        redirect: "http://127.0.0.1:35555/cb".into(),
+        http: nofollow(),
+    };
+    let page = c
+        .http
+        .get(c.authorize_url(&pkce().1, &c.redirect, &format!("{}/mcp", s.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Metadata Client"));
+    let (access, _) = c.sign_in(&s.token, &[("mode", "full")]).await;
+    let mut m = Mcp::connect(&s, &access, true).await;
+    let (err, _) = m.call("list_sprites", json!({})).await;
+    assert!(!err);
+
+    // By default a metadata document must be HTTPS on a public address.
+    let s2 = TestServer::start().unwrap();
+    let c2 = Client {
+        base: s2.url.clone(),
+        ..c
+    };
+    let page = c2
+        .http
+        .get(c2.authorize_url(&pkce().1, &c2.redirect, &format!("{}/mcp", s2.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.text().await.unwrap().contains("HTTPS"));
+    let local = c2
+        .authorize_url(&pkce().1, &c2.redirect, &format!("{}/mcp", s2.url))
+        .replace(&urlenc(&doc_url), &urlenc("https://127.0.0.1:1/x.json"));
+    let page = c2.http.get(local).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.text().await.unwrap().contains("not a public address"));
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

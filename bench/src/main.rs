@@ -24,16 +24,19 @@
 //! * `gateway`: a small GET through the Connectors gateway against the same GET straight to
 //!   the provider from inside a sprite, and a 1 GiB streamed response both ways.
 //!
+//! * `mcp`: an MCP `tools/call` of `exec` running `true` against the REST HTTP exec of it.
+//!
 //! * `image`: base image build from nothing, cached and with one layer more, size on disk,
 //!   and create-to-first-exec of the full profile against the slim one.
 //!
-//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|backends|gateway|image|all]` (as root; builds the
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|backends|gateway|mcp|image|all]` (as root; builds the
 //! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
 mod backends;
 mod gateway;
 mod image;
+mod mcp;
 mod storage;
 
 use std::time::{Duration, Instant};
@@ -86,6 +89,9 @@ async fn main() -> Result<()> {
     }
     if which == "all" || which == "gateway" {
         gateway::gateway_benches().await?;
+    }
+    if which == "all" || which == "mcp" {
+        mcp::mcp_benches().await?;
     }
     if which == "all" || which == "image" {
         image::image_benches().await?;

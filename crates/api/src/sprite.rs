@@ -154,6 +154,69 @@ pub struct CreateSpriteRequest {
     /// Wait for capacity instead of failing (accepted; a single host never queues).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_capacity: Option<bool>,
+    /// Start from another sprite's disk (a checkpoint of it, or it as it is now) or from an
+    /// org template, instead of an empty one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SpriteSource>,
+}
+
+/// Where a new sprite's disk comes from: `{"sprite":"a","checkpoint":"v3"}` (checkpoint
+/// optional: a consistent snapshot taken now) or `{"template":"python-ml"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteSource {
+    /// A sprite of the org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sprite: Option<String>,
+    /// One of its checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// An org template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+/// A named checkpoint of the org new sprites can start from; it outlives its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Name, unique in the org.
+    pub name: String,
+    /// The sprite it was made from (it may be gone since).
+    pub source_sprite: String,
+    /// The checkpoint it was made from.
+    pub source_checkpoint: String,
+    /// Disk bytes in use.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// `GET /v1/templates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateList {
+    /// The org's templates.
+    pub templates: Vec<Template>,
+}
+
+/// `PUT /v1/templates/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutTemplateRequest {
+    /// The sprite.
+    pub sprite: String,
+    /// Its checkpoint (default: a snapshot taken now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// `POST /v1/sprites/{name}/sleep`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepRequest {
+    /// `warm` (frozen, memory kept; the default) or `cold` (stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Sleep even while requests or tasks keep it busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
 }
 
 /// `PUT /v1/sprites/{name}` body: a partial update.

@@ -62,6 +62,32 @@ pub enum Cmd {
         /// Do not open a console afterwards.
         #[arg(long)]
         skip_console: bool,
+        /// Start from another sprite's disk: SPRITE (as it is now) or SPRITE:CHECKPOINT.
+        #[arg(long, value_name = "SPRITE[:CHECKPOINT]", conflicts_with = "template")]
+        from: Option<String>,
+        /// Start from an org template.
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
+    },
+    /// Org templates: named checkpoints new sprites start from (`sprite create --template`).
+    ///
+    /// Examples:
+    ///   sprite templates create python-ml --from golden:v3
+    ///   sprite templates list
+    ///   sprite templates delete python-ml
+    #[command(verbatim_doc_comment, visible_alias = "template")]
+    Templates {
+        #[command(subcommand)]
+        cmd: TemplatesCmd,
+    },
+    /// Put the sprite to sleep now: frozen with its memory kept, or stopped with --cold.
+    Sleep {
+        /// Stop it (nothing kept in memory) instead of freezing it.
+        #[arg(long)]
+        cold: bool,
+        /// Even while requests, tasks or sessions keep it busy.
+        #[arg(long)]
+        force: bool,
     },
     /// Set the sprite for this directory (writes .sprite).
     Use {
@@ -315,6 +341,27 @@ pub enum ConnectorsCmd {
         /// Wait until the connection arrives.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TemplatesCmd {
+    /// List the org's templates.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Make (or replace) a template from a sprite's checkpoint, or from it as it is now.
+    Create {
+        /// Template name.
+        name: String,
+        /// SPRITE or SPRITE:CHECKPOINT.
+        #[arg(long, value_name = "SPRITE[:CHECKPOINT]")]
+        from: String,
+    },
+    /// Delete a template (sprites made from it keep their disks).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Template name.
+        name: String,
     },
 }
 

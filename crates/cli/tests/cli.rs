@@ -746,3 +746,66 @@ fn mcp_endpoint_tokens_and_grants() {
     let err = fails(&s, &["mcp", "token", "--prefix", "Bad Prefix"]);
     assert!(err.contains("prefix"), "{err}");
 }
+
+#[test]
+fn forks_templates_and_sleep_from_the_cli() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "src", "--skip-console"]);
+    ok(
+        &s,
+        &["exec", "-s", "src", "--", "bash", "-c", "echo base > ~/f"],
+    );
+    let out = ok(&s, &["checkpoint", "create", "-s", "src"]);
+    let v = out
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| w.len() > 1 && w.starts_with('v') && w[1..].bytes().all(|b| b.is_ascii_digit()))
+        .expect("a checkpoint id")
+        .to_string();
+    ok(
+        &s,
+        &["exec", "-s", "src", "--", "bash", "-c", "echo later > ~/f"],
+    );
+    ok(
+        &s,
+        &[
+            "create",
+            "old",
+            "--from",
+            &format!("src:{v}"),
+            "--skip-console",
+        ],
+    );
+    assert_eq!(
+        ok(&s, &["exec", "-s", "old", "--", "cat", "/home/sprite/f"]),
+        "base\n"
+    );
+    ok(&s, &["create", "now", "--from", "src", "--skip-console"]);
+    assert_eq!(
+        ok(&s, &["exec", "-s", "now", "--", "cat", "/home/sprite/f"]),
+        "later\n"
+    );
+    assert!(ok(
+        &s,
+        &["templates", "create", "gold", "--from", &format!("src:{v}")]
+    )
+    .contains("Template gold"));
+    assert!(ok(&s, &["templates", "list"]).starts_with("gold\tfrom src:"));
+    ok(
+        &s,
+        &["create", "stamped", "--template", "gold", "--skip-console"],
+    );
+    assert_eq!(
+        ok(
+            &s,
+            &["exec", "-s", "stamped", "--", "cat", "/home/sprite/f"]
+        ),
+        "base\n"
+    );
+    assert!(ok(&s, &["sleep", "-s", "stamped", "--cold"]).contains("stamped is cold"));
+    let err = fails(&s, &["create", "x", "--from", "missing", "--skip-console"]);
+    assert!(err.contains("not found"), "{err}");
+    assert!(ok(&s, &["templates", "delete", "gold"]).contains("Deleted"));
+    let err = fails(&s, &["templates", "delete", "gold"]);
+    assert!(err.contains("not found"), "{err}");
+}

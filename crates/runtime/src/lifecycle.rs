@@ -317,6 +317,38 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Puts a sprite to sleep now: frozen (`cold` false: memory kept) or stopped. Unless
+    /// `force`, refused while a request holds it or its agent reports activity (a task, an
+    /// attached session). Returns the state it is in afterwards, or `None` when busy.
+    pub async fn sleep(
+        &self,
+        spec: &SpriteSpec,
+        cold: bool,
+        force: bool,
+    ) -> Result<Option<State>, BackendError> {
+        let slot = self.slot(&spec.id);
+        if !force && slot.holds.load(Ordering::SeqCst) > 0 {
+            return Ok(None);
+        }
+        let mut g = slot.inner.lock().await;
+        let now = self.observe(spec, &mut g).await;
+        if !force && now == State::Running && self.agent_active(spec).await {
+            return Ok(None);
+        }
+        match (now, cold) {
+            (State::Cold, _) | (State::Warm, false) => {}
+            (_, true) => {
+                self.backend.stop(spec).await?;
+                self.set(&mut g, spec, State::Cold);
+            }
+            (State::Running, false) => {
+                self.backend.pause(spec).await?;
+                self.set(&mut g, spec, State::Warm);
+            }
+        }
+        Ok(g.state)
+    }
+
     /// Runs `f` while the sprite is kept from booting; if it ran, it is stopped first and
     /// booted again afterwards as `next`. For changes of what a sprite boots from (its base
     /// image) that must never happen under a running sprite.

@@ -250,6 +250,40 @@ impl Client {
         .await
     }
 
+    /// The org's templates.
+    pub async fn list_templates(&self) -> Result<Vec<sprites_api::Template>> {
+        let l: sprites_api::TemplateList = self
+            .json(self.request(reqwest::Method::GET, "/v1/templates"), &[200])
+            .await?;
+        Ok(l.templates)
+    }
+
+    /// Makes or replaces template `name` from a sprite's checkpoint (or from it now).
+    pub async fn put_template(
+        &self,
+        name: &str,
+        req: &sprites_api::PutTemplateRequest,
+    ) -> Result<sprites_api::Template> {
+        let escaped: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        self.json(
+            self.request(reqwest::Method::PUT, &format!("/v1/templates/{escaped}"))
+                .json(req),
+            &[200],
+        )
+        .await
+    }
+
+    /// Deletes template `name`.
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        let escaped: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        self.send(
+            self.request(reqwest::Method::DELETE, &format!("/v1/templates/{escaped}")),
+            &[204],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A handle on sprite `name` (no request is made).
     pub fn sprite(&self, name: &str) -> SpriteHandle {
         SpriteHandle {
@@ -313,6 +347,22 @@ impl SpriteHandle {
     /// Restarts the sprite.
     pub async fn restart(&self) -> Result<()> {
         self.client.restart_sprite(&self.name).await
+    }
+
+    /// Puts the sprite to sleep now (frozen, or stopped with `cold`).
+    pub async fn sleep(&self, cold: bool, force: bool) -> Result<Sprite> {
+        let req = sprites_api::SleepRequest {
+            state: Some(if cold { "cold" } else { "warm" }.into()),
+            force: force.then_some(true),
+        };
+        self.client
+            .json(
+                self.client
+                    .request(reqwest::Method::POST, &sprite_path(&self.name, "/sleep"))
+                    .json(&req),
+                &[200],
+            )
+            .await
     }
 
     /// Moves the sprite to the server's current base image (see [`Client::upgrade_sprite`]).

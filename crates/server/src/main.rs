@@ -9,6 +9,7 @@ mod checkpoints;
 mod config;
 mod connectors;
 mod error;
+mod forks;
 mod hostapi;
 mod http;
 mod images;

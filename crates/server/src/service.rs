@@ -226,7 +226,17 @@ impl Sprites {
                 ))
             }
         };
+        // A disk from another sprite or a template: resolved before the record exists, so a
+        // bad source leaves nothing behind.
+        let source = match &req.source {
+            Some(src) => Some(self.resolve_source(org, src).await?),
+            None => None,
+        };
         let _gate = self.base_gate.read().await;
+        let base = match source.as_ref().and_then(|r| r.base_image.clone()) {
+            Some(b) => b,
+            None => self.claim_current_base()?,
+        };
         let now = now_ms();
         let rec = SpriteRecord {
             id: format!("sprite-{}", uuid::Uuid::new_v4()),
@@ -250,13 +260,29 @@ impl Sprites {
             last_warming_at: None,
             last_started_at: None,
             last_active_at: None,
-            base_image: Some(self.claim_current_base()?),
+            base_image: Some(base),
         };
-        let mut rec = self
-            .store
-            .with(move |c| store::insert_sprite(c, rec))
-            .await?;
+        let inserted = self.store.with(move |c| store::insert_sprite(c, rec)).await;
         drop(_gate);
+        let mut rec = match inserted {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(r) = &source {
+                    self.drop_temporary(org, r).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(r) = &source {
+            let written = self.materialize_disk(&rec, r).await;
+            self.drop_temporary(org, r).await;
+            if let Err(e) = written {
+                let id = rec.id.clone();
+                let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;
+                let _ = std::fs::remove_dir_all(self.cfg.sprite_dir(&rec.id));
+                return Err(e);
+            }
+        }
         if let Err(e) = self.serve_host_api(&rec) {
             let id = rec.id.clone();
             let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;

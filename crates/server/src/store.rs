@@ -197,6 +197,22 @@ CREATE TABLE mcp_tokens (
 CREATE INDEX mcp_tokens_grant ON mcp_tokens(grant_id);
 "#,
         ),
+        // Templates: a pinned copy of a checkpoint's manifest, alive after its sprite.
+        M::up(
+            r#"
+CREATE TABLE templates (
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    source_sprite TEXT NOT NULL,
+    source_checkpoint TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    base_image TEXT,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (org_id, name)
+);
+"#,
+        ),
     ])
 }
 
@@ -658,7 +674,8 @@ pub fn checkpoint(c: &Connection, sprite_id: &str, id: &str) -> Result<Option<Ch
 
 /// Manifest keys of every checkpoint of every sprite.
 pub fn all_manifests(c: &Connection) -> Result<Vec<String>> {
-    let mut st = c.prepare("SELECT manifest FROM checkpoints")?;
+    let mut st =
+        c.prepare("SELECT manifest FROM checkpoints UNION SELECT manifest FROM templates")?;
     let rows = st.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -762,7 +779,8 @@ pub fn adopt_unversioned(c: &Connection, base: &str) -> Result<usize> {
 pub fn bases_in_use(c: &Connection) -> Result<std::collections::HashSet<String>> {
     let mut st = c.prepare(
         "SELECT base_image FROM sprites WHERE base_image IS NOT NULL
-         UNION SELECT base_image FROM checkpoints WHERE base_image IS NOT NULL",
+         UNION SELECT base_image FROM checkpoints WHERE base_image IS NOT NULL
+         UNION SELECT base_image FROM templates WHERE base_image IS NOT NULL",
     )?;
     let rows = st.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -850,4 +868,94 @@ mod tests {
         let s = Store::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.blocking(|c| all_sprites(c)).unwrap().len(), 3);
     }
+}
+
+/// An org template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    /// Org.
+    pub org_id: String,
+    /// Name.
+    pub name: String,
+    /// Sprite it was made from.
+    pub source_sprite: String,
+    /// Checkpoint it was made from.
+    pub source_checkpoint: String,
+    /// Object key of its pinned manifest.
+    pub manifest: String,
+    /// Base image of its disk.
+    pub base_image: Option<String>,
+    /// Non-zero bytes.
+    pub bytes: i64,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRecord> {
+    Ok(TemplateRecord {
+        org_id: r.get(0)?,
+        name: r.get(1)?,
+        source_sprite: r.get(2)?,
+        source_checkpoint: r.get(3)?,
+        manifest: r.get(4)?,
+        base_image: r.get(5)?,
+        bytes: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+const TEMPLATE_COLS: &str =
+    "org_id, name, source_sprite, source_checkpoint, manifest, base_image, bytes, created_at";
+
+/// Saves a template; the one it replaces (its manifest key), if any.
+pub fn put_template(c: &mut Connection, t: &TemplateRecord) -> Result<Option<String>> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT manifest FROM templates WHERE org_id = ?1 AND name = ?2",
+            params![t.org_id, t.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO templates ({TEMPLATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![t.org_id, t.name, t.source_sprite, t.source_checkpoint, t.manifest, t.base_image, t.bytes, t.created_at],
+    )?;
+    tx.commit()?;
+    Ok(old)
+}
+
+/// One template.
+pub fn template(c: &Connection, org_id: &str, name: &str) -> Result<Option<TemplateRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {TEMPLATE_COLS} FROM templates WHERE org_id = ?1 AND name = ?2"),
+        params![org_id, name],
+        template_row,
+    )
+    .optional()?)
+}
+
+/// The org's templates by name.
+pub fn templates(c: &Connection, org_id: &str) -> Result<Vec<TemplateRecord>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {TEMPLATE_COLS} FROM templates WHERE org_id = ?1 ORDER BY name"
+    ))?;
+    let rows = st.query_map([org_id], template_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Deletes a template; its manifest key, if there was one.
+pub fn delete_template(c: &Connection, org_id: &str, name: &str) -> Result<Option<String>> {
+    let m: Option<String> = c
+        .query_row(
+            "SELECT manifest FROM templates WHERE org_id = ?1 AND name = ?2",
+            params![org_id, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    c.execute(
+        "DELETE FROM templates WHERE org_id = ?1 AND name = ?2",
+        params![org_id, name],
+    )?;
+    Ok(m)
 }

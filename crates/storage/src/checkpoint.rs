@@ -691,6 +691,33 @@ impl ChunkStore {
         Ok((orphans.len(), freed))
     }
 
+    /// Keeps the checkpoint at `from` alive under `to` as well (a template): the manifest is
+    /// written again under `to` and its chunks get one more reference, so deleting `from`
+    /// (or its sprite) frees none of them.
+    pub async fn pin(&self, from: &str, to: &str) -> Result<Manifest> {
+        let mut idx = self.index.lock().await;
+        self.load(&mut idx).await?;
+        let manifest = self.read_manifest(from).await?;
+        let body = serde_json::to_vec(&manifest).expect("manifest serializes");
+        self.store
+            .put(&ObjPath::from(to), PutPayload::from(Bytes::from(body)))
+            .await
+            .map_err(store_err("writing manifest"))?;
+        self.flush().await?;
+        let hashes: Vec<Hash> = manifest.hashes().collect();
+        for h in &hashes {
+            *idx.refs.entry(*h).or_default() += 1;
+        }
+        if let Some(old) = idx.manifests.insert(to.to_string(), hashes) {
+            for h in old {
+                if let Some(n) = idx.refs.get_mut(&h) {
+                    *n -= 1;
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
     /// Chunks in the store and total references, for tests and metrics.
     pub async fn counts(&self) -> Result<(usize, usize)> {
         let mut idx = self.index.lock().await;

@@ -40,9 +40,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
         other => {
             let ctx = Ctx::resolve(org, sprite)?;
             match other {
-                Cmd::Create { name, skip_console } => {
-                    sprites::create(&ctx, name, skip_console).await
-                }
+                Cmd::Create {
+                    name,
+                    skip_console,
+                    from,
+                    template,
+                } => sprites::create(&ctx, name, skip_console, from, template).await,
+                Cmd::Templates { cmd } => sprites::templates(&ctx, cmd).await,
+                Cmd::Sleep { cold, force } => sprites::sleep(&ctx, cold, force).await,
                 Cmd::Use { name } => sprites::use_sprite(&ctx, &name).await,
                 Cmd::List { prefix, watch } => sprites::list(&ctx, prefix, watch).await,
                 Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,

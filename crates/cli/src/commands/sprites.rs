@@ -7,14 +7,46 @@ use crate::config::Local;
 use crate::context::{friendly, Ctx};
 use crate::UrlCmd;
 
-/// `sprite create [NAME] [--skip-console]`.
-pub async fn create(ctx: &Ctx, name: Option<String>, skip_console: bool) -> Result<i32> {
+/// `SPRITE` or `SPRITE:CHECKPOINT`.
+fn source_of(from: &str) -> sprites_api::SpriteSource {
+    let (sprite, checkpoint) = match from.split_once(':') {
+        Some((s, c)) => (s, Some(c.to_string())),
+        None => (from, None),
+    };
+    sprites_api::SpriteSource {
+        sprite: Some(sprite.to_string()),
+        checkpoint,
+        template: None,
+    }
+}
+
+/// `sprite create [NAME] [--skip-console] [--from SPRITE[:CKPT] | --template NAME]`.
+pub async fn create(
+    ctx: &Ctx,
+    name: Option<String>,
+    skip_console: bool,
+    from: Option<String>,
+    template: Option<String>,
+) -> Result<i32> {
     let name = ctx.sprite_name(name)?;
     if let Err(m) = sprites_api::names::validate_sprite_name(&name) {
         bail!("{m}");
     }
     let client = ctx.client()?;
-    let s = client.create_sprite(&name).await.map_err(friendly)?;
+    let source = match (from, template) {
+        (Some(f), _) => Some(source_of(&f)),
+        (None, Some(t)) => Some(sprites_api::SpriteSource {
+            template: Some(t),
+            ..Default::default()
+        }),
+        (None, None) => None,
+    };
+    let req = sprites_api::CreateSpriteRequest {
+        name: name.clone(),
+        source,
+        ..Default::default()
+    };
+    let s = client.create_sprite_with(&req).await.map_err(friendly)?;
     println!("Created sprite {} ({})", s.name, s.status.as_str());
     if !skip_console && crate::terminal::stdin_is_tty() {
         return super::exec::console_for(&client.sprite(&name)).await;
@@ -132,5 +164,49 @@ pub async fn url(ctx: &Ctx, cmd: Option<UrlCmd>) -> Result<i32> {
         "Auth: {}",
         s.url_settings.auth.as_deref().unwrap_or("sprite")
     );
+    Ok(0)
+}
+
+/// `sprite templates …`.
+pub async fn templates(ctx: &Ctx, cmd: crate::TemplatesCmd) -> Result<i32> {
+    let client = ctx.client()?;
+    match cmd {
+        crate::TemplatesCmd::List => {
+            let list = client.list_templates().await.map_err(friendly)?;
+            if list.is_empty() {
+                println!("No templates; make one with `sprite templates create NAME --from SPRITE[:CHECKPOINT]`.");
+            }
+            for t in list {
+                println!(
+                    "{}\tfrom {}:{}\t{}",
+                    t.name, t.source_sprite, t.source_checkpoint, t.created_at
+                );
+            }
+        }
+        crate::TemplatesCmd::Create { name, from } => {
+            let src = source_of(&from);
+            let req = sprites_api::PutTemplateRequest {
+                sprite: src.sprite.unwrap_or_default(),
+                checkpoint: src.checkpoint,
+            };
+            let t = client.put_template(&name, &req).await.map_err(friendly)?;
+            println!(
+                "Template {} from {}:{}; use it with `sprite create NAME --template {}`",
+                t.name, t.source_sprite, t.source_checkpoint, t.name
+            );
+        }
+        crate::TemplatesCmd::Delete { name } => {
+            client.delete_template(&name).await.map_err(friendly)?;
+            println!("Deleted template {name}");
+        }
+    }
+    Ok(0)
+}
+
+/// `sprite sleep [--cold] [--force]`.
+pub async fn sleep(ctx: &Ctx, cold: bool, force: bool) -> Result<i32> {
+    let sprite = ctx.sprite()?;
+    let s = sprite.sleep(cold, force).await.map_err(friendly)?;
+    println!("{} is {}", s.name, s.status.as_str());
     Ok(0)
 }

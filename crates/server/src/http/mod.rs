@@ -99,6 +99,14 @@ fn build(state: AppState) -> Router {
             "/mcp/grants/{id}",
             axum::routing::delete(crate::mcp::revoke_grant),
         )
+        .route("/templates", get(sprites::list_templates))
+        .route(
+            "/templates/{tname}",
+            get(sprites::get_template)
+                .put(sprites::put_template)
+                .delete(sprites::delete_template),
+        )
+        .route("/sprites/{name}/sleep", post(sprites::sleep))
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))
         .route(

@@ -304,3 +304,57 @@ async fn watch_sprites(s: AppState, org: Org, prefix: String, limit: usize) -> R
     });
     super::ndjson(rx)
 }
+
+/// `GET /v1/templates`.
+pub async fn list_templates(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+) -> Result<Json<api::TemplateList>, ApiError> {
+    Ok(Json(api::TemplateList {
+        templates: s.list_templates(&org).await?,
+    }))
+}
+
+/// `GET /v1/templates/{name}`.
+pub async fn get_template(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Template>, ApiError> {
+    Ok(Json(s.get_template(&org, &name).await?))
+}
+
+/// `PUT /v1/templates/{name}`.
+pub async fn put_template(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::Template>, ApiError> {
+    let req: api::PutTemplateRequest = json_body(body)?;
+    Ok(Json(s.put_template(&org, &name, req).await?))
+}
+
+/// `DELETE /v1/templates/{name}`.
+pub async fn delete_template(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.delete_template(&org, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sprites/{name}/sleep`.
+pub async fn sleep(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<api::Sprite>, ApiError> {
+    let req: api::SleepRequest = match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => api::SleepRequest::default(),
+        _ => json_body(body)?,
+    };
+    Ok(Json(s.sleep(&org, &name, req).await?))
+}

@@ -1,4 +1,5 @@
 //! `storage`: checkpoint and restore time for 1 GiB written and for 10 MiB changed after it,
+//! a fork from the 1 GiB checkpoint against an empty create,
 //! and filesystem API write/read throughput of a 256 MiB file against `cp` on the host.
 
 use std::time::{Duration, Instant};
@@ -208,6 +209,45 @@ async fn checkpoint_benches(s: &TestServer, gib: u64) -> Result<Api> {
         "restored disk is not v1: {out}"
     );
     println!("first exec after restore: {}", ms(t.elapsed()));
+
+    // A new sprite from the 1 GiB checkpoint (v1), to its first exec, against creating an
+    // empty one the same way.
+    let create = |name: &str, body: serde_json::Value| {
+        let (api, name) = (&api, name.to_string());
+        async move {
+            let t = Instant::now();
+            let r = api
+                .http
+                .post(format!("{}/v1/sprites", api.base))
+                .header("authorization", &api.auth)
+                .json(&body)
+                .send()
+                .await?;
+            ensure!(r.status() == 201, "create {name}: {}", r.status());
+            let created = t.elapsed();
+            api.sh(&name, "true").await?;
+            anyhow::Ok((created, t.elapsed()))
+        }
+    };
+    let (fork, fork_exec) = create(
+        "ckfork",
+        serde_json::json!({"name": "ckfork", "source": {"sprite": "ckbench", "checkpoint": "v1"}}),
+    )
+    .await?;
+    let (plain, plain_exec) = create("ckplain", serde_json::json!({"name": "ckplain"})).await?;
+    println!(
+        "fork of a sprite from its {gib} MiB checkpoint: created {} (first exec {}); an empty sprite: {} ({}); ratio {:.1}",
+        ms(fork),
+        ms(fork_exec),
+        ms(plain),
+        ms(plain_exec),
+        fork.as_secs_f64() / plain.as_secs_f64()
+    );
+    let out = api.sh("ckfork", "ls /home/sprite").await?;
+    ensure!(
+        out.contains("big"),
+        "the fork lacks the source's file: {out}"
+    );
     Ok(api)
 }
 

@@ -57,7 +57,7 @@ def consent(server, mode: str, prefix: str = "mcp-", max_sprites: int = 3):
             }
             fields.update(token=server.token, decision="approve", mode=mode, prefix=prefix, max_sprites=str(max_sprites))
             r = await h.post(f"{server.base_url}/oauth/authorize", data=fields)
-            assert r.status_code == 303, r.text
+            assert r.status_code == 302, r.text
             q = urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["location"]).query)
             got.update({k: v[0] for k, v in q.items()})
 

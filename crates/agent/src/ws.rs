@@ -58,6 +58,9 @@ pub async fn attach(
     Query(q): Query<Vec<(String, String)>>,
     req: Request,
 ) -> Response {
+    if !is_upgrade(&req) {
+        return scrollback(&reg, &id, &q);
+    }
     let mut parsed = match ExecRequest::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     {
         Ok(r) => r,
@@ -65,6 +68,50 @@ pub async fn attach(
     };
     parsed.id = Some(id);
     upgrade(reg, parsed, req).await
+}
+
+/// Most bytes of output one scrollback read returns.
+const SCROLLBACK_MAX: usize = 256 * 1024;
+
+/// `GET /exec/{id}` without an upgrade: the session's kept output from `offset` (at most
+/// [`SCROLLBACK_MAX`] bytes), where the next read starts, and whether it exited.
+fn scrollback(reg: &Arc<Registry>, id: &str, q: &[(String, String)]) -> Response {
+    let Some(s) = reg.get(id) else {
+        return error(ErrorCode::NotFound, format!("session {id:?} not found"));
+    };
+    let from: u64 = q
+        .iter()
+        .find(|(k, _)| k == "offset")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let start = s.start_offset();
+    let (chunks, _, exit) = s.read_from(from.max(start));
+    let mut taken = 0usize;
+    let mut next = from.max(start);
+    let mut out = Vec::new();
+    for c in chunks {
+        let room = SCROLLBACK_MAX - taken;
+        if room == 0 {
+            break;
+        }
+        let data = &c.data[..c.data.len().min(room)];
+        taken += data.len();
+        next = c.offset + data.len() as u64;
+        out.push(json!({"stream": c.stream, "data": String::from_utf8_lossy(data)}));
+    }
+    let end = s.end_offset();
+    Json(json!({
+        "id": id,
+        "offset": from.max(start),
+        "next_offset": next,
+        "end_offset": end,
+        "more": next < end,
+        "dropped": from < start,
+        "exited": exit.is_some(),
+        "exit_code": exit,
+        "output": out,
+    }))
+    .into_response()
 }
 
 async fn upgrade(reg: Arc<Registry>, parsed: ExecRequest, req: Request) -> Response {

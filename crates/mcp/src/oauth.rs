@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -400,7 +400,11 @@ impl Mcp {
             }
             q.append_pair("iss", &self.issuer());
         }
-        Redirect::to(u.as_str()).into_response()
+        (
+            StatusCode::FOUND,
+            [(header::LOCATION, u.as_str().to_string())],
+        )
+            .into_response()
     }
 }
 

@@ -109,6 +109,8 @@ pub fn tools() -> Vec<Tool> {
             json!({"stdout": {"type": "string"}, "stderr": {"type": "string"}, "exit_code": {"type": ["integer", "null"]}, "stdout_bytes": {"type": "integer"}, "stderr_bytes": {"type": "integer"}, "timed_out": {"type": "boolean"}})),
         tool("list_sessions", "List sessions", "List the exec sessions of a sprite (running and recently ended).", Kind::Read,
             schema(json!({"sprite": s.clone()}), &["sprite"]), json!({"sessions": any.clone()})),
+        tool("read_session", "Read a session's output", "Read an exec session's kept output (scrollback) from a byte offset; `next_offset` is where the next read starts.", Kind::Read,
+            schema(json!({"sprite": s.clone(), "id": {"type": "string"}, "offset": {"type": "integer", "minimum": 0}}), &["sprite", "id"]), json!({"output": any.clone(), "next_offset": {"type": "integer"}, "exited": {"type": "boolean"}})),
         tool("kill_session", "Kill a session", "Send a signal to an exec session (default SIGTERM).", Kind::Destroy,
             schema(json!({"sprite": s.clone(), "id": {"type": "string"}, "signal": {"type": "string"}}), &["sprite", "id"]), json!({"result": any.clone()})),
         tool("create_checkpoint", "Create a checkpoint", "Save the sprite's disk as a checkpoint, with an optional comment.", Kind::Write,
@@ -356,6 +358,18 @@ impl Handler {
                 self.json(a, Method::GET, &format!("/sprites/{s}/exec"), None)
                     .await
                     .map(|v| json!({"sessions": v}))
+            }
+            "read_session" => {
+                let s = sp!();
+                let id = enc(arg_str(args, "id")?);
+                let off = args.get("offset").and_then(Value::as_u64).unwrap_or(0);
+                self.json(
+                    a,
+                    Method::GET,
+                    &format!("/sprites/{s}/exec/{id}?offset={off}"),
+                    None,
+                )
+                .await
             }
             "kill_session" => {
                 let s = sp!();

@@ -125,7 +125,7 @@ impl Client {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{:?}", r.text().await);
+        assert_eq!(r.status(), StatusCode::FOUND, "{:?}", r.text().await);
         let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
         assert!(loc.as_str().starts_with(&redirect), "{loc}");
         loc.query_pairs()
@@ -473,6 +473,32 @@ async fn an_oauth_client_signs_in_and_drives_sprites_within_its_restricted_grant
         v.to_string().contains("sleep 30"),
         "the timed-out command goes on as a session: {v}"
     );
+    let sessions = v["sessions"]["sessions"].as_array().unwrap();
+    let sid = sessions
+        .iter()
+        .find(|x| x.to_string().contains("sleep 30"))
+        .unwrap()["id"]
+        .to_string();
+    let sid = sid.trim_matches('"');
+    let (err, v) = m
+        .call(
+            "read_session",
+            json!({"sprite": "mcp-one", "id": sid, "offset": 0}),
+        )
+        .await;
+    assert!(!err, "{v}");
+    assert!(
+        v["output"].to_string().contains("early") && v["exited"] == false,
+        "{v}"
+    );
+    let next = v["next_offset"].as_u64().unwrap();
+    let (_, v) = m
+        .call(
+            "read_session",
+            json!({"sprite": "mcp-one", "id": sid, "offset": next}),
+        )
+        .await;
+    assert_eq!(v["output"], json!([]), "{v}");
 
     let (err, _) = m
         .call(
@@ -707,7 +733,7 @@ async fn grants_are_listed_and_revoked_and_bad_requests_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.status(), StatusCode::FOUND);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     assert!(
         loc.contains("error=invalid_target") && loc.contains("state=st-42"),

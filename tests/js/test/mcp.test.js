@@ -41,7 +41,7 @@ function provider(mode) {
       fields.append('prefix', 'mcp-');
       fields.append('max_sprites', '2');
       const r = await fetch(`${server.baseURL}/oauth/authorize`, { method: 'POST', body: fields, redirect: 'manual' });
-      assert.equal(r.status, 303);
+      assert.equal(r.status, 302);
       const loc = new URL(r.headers.get('location'));
       assert.equal(loc.searchParams.get('iss'), server.baseURL);
       state.code = loc.searchParams.get('code');

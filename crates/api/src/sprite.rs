@@ -113,6 +113,9 @@ pub struct Sprite {
     /// Environment (agent) version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_version: Option<String>,
+    /// The sprite's own idle times, when it has them (else the server's apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleSettings>,
     /// Id of the base image the sprite's disk is layered over (see `…/upgrade`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
@@ -231,6 +234,33 @@ pub struct UpdateSpriteRequest {
     /// Go's way of saying `labels: []`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_labels: Option<bool>,
+    /// The sprite's own idle times; `null` goes back to the server's.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle: Option<Option<IdleSettings>>,
+}
+
+/// When an idle sprite goes warm (frozen) and then cold (stopped), e.g. `"30s"`, `"1h"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleSettings {
+    /// Idle time before it is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_after: Option<String>,
+    /// Time frozen before it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_after: Option<String>,
+}
+
+/// A field that is present (even as `null`) is `Some`; an absent one stays `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Some(Option::deserialize(d)?))
 }
 
 /// Per-org counters, sent both top-level and nested (JS reads one, Go the other).

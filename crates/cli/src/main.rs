@@ -104,6 +104,23 @@ pub enum Cmd {
         #[arg(long, short = 'w')]
         watch: bool,
     },
+    /// Change the sprite's own idle times (when it goes warm, then cold).
+    ///
+    /// Examples:
+    ///   sprite update --warm-after 30s --cold-after 1h
+    ///   sprite update --default-idle      # the server's times again
+    #[command(verbatim_doc_comment)]
+    Update {
+        /// Idle time before it is frozen, e.g. 30s.
+        #[arg(long)]
+        warm_after: Option<String>,
+        /// Time frozen before it is stopped, e.g. 1h.
+        #[arg(long)]
+        cold_after: Option<String>,
+        /// Go back to the server's idle times.
+        #[arg(long, conflicts_with_all = ["warm_after", "cold_after"])]
+        default_idle: bool,
+    },
     /// Destroy a sprite and everything it holds.
     #[command(visible_aliases = ["delete", "rm"])]
     Destroy {

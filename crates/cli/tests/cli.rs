@@ -803,6 +803,24 @@ fn forks_templates_and_sleep_from_the_cli() {
         "base\n"
     );
     assert!(ok(&s, &["sleep", "-s", "stamped", "--cold"]).contains("stamped is cold"));
+    let out = ok(
+        &s,
+        &[
+            "update",
+            "-s",
+            "stamped",
+            "--warm-after",
+            "30s",
+            "--cold-after",
+            "1h",
+        ],
+    );
+    assert_eq!(out, "stamped: warm after 30s, cold after 1h\n");
+    assert!(
+        ok(&s, &["update", "-s", "stamped", "--default-idle"]).contains("the server's idle times")
+    );
+    let err = fails(&s, &["update", "-s", "stamped", "--warm-after", "never"]);
+    assert!(err.contains("warm_after"), "{err}");
     let err = fails(&s, &["create", "x", "--from", "missing", "--skip-console"]);
     assert!(err.contains("not found"), "{err}");
     assert!(ok(&s, &["templates", "delete", "gold"]).contains("Deleted"));

@@ -102,6 +102,8 @@ pub struct Runtime {
     backend: Arc<dyn Backend>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     events: broadcast::Sender<Transition>,
+    /// Per-sprite idle times (warm after, cold after) that replace the server's.
+    idle: Mutex<HashMap<String, (Duration, Duration)>>,
 }
 
 impl Runtime {
@@ -111,7 +113,17 @@ impl Runtime {
             backend,
             slots: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
+            idle: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets (or with `None` clears) sprite `id`'s own idle times.
+    pub fn set_idle(&self, id: &str, times: Option<(Duration, Duration)>) {
+        let mut m = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match times {
+            Some(t) => m.insert(id.to_string(), t),
+            None => m.remove(id),
+        };
     }
 
     /// The backend in use.
@@ -394,18 +406,24 @@ impl Runtime {
     /// looked at from an earlier tick is skipped: an agent may take its whole probe timeout
     /// to answer, or never answer, and must not hold back any other sprite's sleep.
     pub fn idle_pass(self: &Arc<Self>, policy: IdlePolicy) {
-        let slots: Vec<Arc<Slot>> = self
+        let slots: Vec<(String, Arc<Slot>)> = self
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for slot in slots {
+        for (id, slot) in slots {
             if slot.visiting.swap(true, Ordering::SeqCst) {
                 continue;
             }
             let me = self.clone();
+            // The sprite's own idle times, where it has them.
+            let mut policy = policy;
+            if let Some((w, c)) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                policy.warm_after = *w;
+                policy.cold_after = *c;
+            }
             tokio::spawn(async move {
                 me.visit_idle(slot.clone(), &policy).await;
                 slot.visiting.store(false, Ordering::SeqCst);

@@ -30,6 +30,8 @@ pub struct Config {
     /// Whether MCP clients' metadata documents may be fetched from private addresses and
     /// over plain HTTP (tests and closed networks).
     pub mcp_metadata_allow_private: bool,
+    /// The server's idle times (warm after, cold after), which a sprite's own replace.
+    pub idle: (std::time::Duration, std::time::Duration),
 }
 
 impl Config {

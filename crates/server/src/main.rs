@@ -416,6 +416,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| a.data.data_dir.join("objects").display().to_string()),
         mcp_metadata_allow_private: a.mcp_metadata_allow_private,
+        idle: (a.warm_after, a.cold_after),
     };
     let store = open_store(&a.data)?;
     bootstrap(&store, &cfg)?;

@@ -190,7 +190,74 @@ impl Sprites {
             version: Some(api::SPRITE_VERSION.into()),
             environment_version: Some(env!("CARGO_PKG_VERSION").into()),
             base_image: rec.base_image.clone(),
+            idle: self.idle_of(&rec.id).await,
         }
+    }
+
+    async fn idle_of(&self, id: &str) -> Option<api::IdleSettings> {
+        let id = id.to_string();
+        let body = self
+            .store
+            .with(move |c| store::policy(c, &id, "idle"))
+            .await
+            .ok()
+            .flatten()?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Stores and applies a sprite's own idle times (`None`: the server's again). Each is
+    /// between 1 s and 7 days; a missing one keeps the server's.
+    async fn set_idle(
+        &self,
+        rec: &SpriteRecord,
+        idle: Option<api::IdleSettings>,
+    ) -> Result<(), ApiError> {
+        let parse = |v: &Option<String>,
+                     what: &str|
+         -> Result<Option<std::time::Duration>, ApiError> {
+            let Some(v) = v else { return Ok(None) };
+            let d = api::exec::parse_duration(v)
+                .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("idle.{what}: {m}")))?;
+            if d < std::time::Duration::from_secs(1)
+                || d > std::time::Duration::from_secs(7 * 86_400)
+            {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("idle.{what} must be between 1s and 7d"),
+                ));
+            }
+            Ok(Some(d))
+        };
+        let body = match &idle {
+            Some(i) => {
+                parse(&i.warm_after, "warm_after")?;
+                parse(&i.cold_after, "cold_after")?;
+                Some(serde_json::to_string(i).map_err(ApiError::internal)?)
+            }
+            None => None,
+        };
+        let id = rec.id.clone();
+        self.store
+            .with(move |c| store::set_policy(c, &id, "idle", body.as_deref()))
+            .await?;
+        self.apply_idle(&rec.id, idle.as_ref());
+        Ok(())
+    }
+
+    /// Hands a sprite's idle times to the runtime.
+    pub(crate) fn apply_idle(&self, id: &str, idle: Option<&api::IdleSettings>) {
+        let d = |v: &Option<String>, dflt: std::time::Duration| {
+            v.as_deref()
+                .and_then(|v| api::exec::parse_duration(v).ok())
+                .unwrap_or(dflt)
+        };
+        let times = idle.map(|i| {
+            (
+                d(&i.warm_after, self.cfg.idle.0),
+                d(&i.cold_after, self.cfg.idle.1),
+            )
+        });
+        self.runtime.set_idle(id, times);
     }
 
     /// The record of `name` in `org`, or 404.
@@ -460,6 +527,10 @@ impl Sprites {
                 self.apply_policy(&id, kind, v.as_ref());
             }
         }
+        for (id, body) in self.store.with(|c| store::policies(c, "idle")).await? {
+            let i: Option<api::IdleSettings> = serde_json::from_str(&body).ok();
+            self.apply_idle(&id, i.as_ref());
+        }
         Ok(())
     }
 
@@ -567,6 +638,9 @@ impl Sprites {
         }
         if let Some(l) = req.labels {
             rec.labels = serde_json::to_string(&l).map_err(ApiError::internal)?;
+        }
+        if let Some(idle) = req.idle {
+            self.set_idle(&rec, idle).await?;
         }
         rec.updated_at = now_ms();
         let saved = rec.clone();

@@ -270,3 +270,72 @@ async fn a_sprite_sleeps_when_asked() {
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_sprite_has_its_own_idle_times() {
+    let s = TestServer::start_with(&[
+        "--warm-after",
+        "1h",
+        "--cold-after",
+        "1h",
+        "--idle-tick",
+        "200ms",
+    ])
+    .unwrap();
+    let api = Api::new(&s);
+    api.create("nap").await;
+    api.create("awake").await;
+    let (st, v) = api
+        .json(
+            Method::PUT,
+            "/v1/sprites/nap",
+            Some(json!({"idle": {"warm_after": "1s", "cold_after": "2s"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["idle"], json!({"warm_after": "1s", "cold_after": "2s"}));
+    let status = |v: serde_json::Value| v["status"].as_str().unwrap_or("").to_string();
+    let mut seen = Vec::new();
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (_, v) = api.json(Method::GET, "/v1/sprites/nap", None).await;
+        let st = status(v);
+        if seen.last() != Some(&st) {
+            seen.push(st.clone());
+        }
+        if st == "cold" {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&"warm".to_string()) && seen.last().map(String::as_str) == Some("cold"),
+        "{seen:?}"
+    );
+    let (_, v) = api.json(Method::GET, "/v1/sprites/awake", None).await;
+    assert_eq!(
+        status(v),
+        "running",
+        "the server's 1h applies to the others"
+    );
+    // Survives a restart; null goes back to the server's.
+    let mut s = s;
+    s.restart().unwrap();
+    let api = Api::new(&s);
+    let (_, v) = api.json(Method::GET, "/v1/sprites/nap", None).await;
+    assert_eq!(v["idle"]["warm_after"], "1s");
+    let (st, v) = api
+        .json(Method::PUT, "/v1/sprites/nap", Some(json!({"idle": null})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v.get("idle").is_none(), "{v}");
+    for bad in [
+        json!({"warm_after": "0s"}),
+        json!({"cold_after": "30d"}),
+        json!({"warm_after": "soon"}),
+    ] {
+        let (st, v) = api
+            .json(Method::PUT, "/v1/sprites/nap", Some(json!({"idle": bad})))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+}

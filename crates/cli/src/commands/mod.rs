@@ -48,6 +48,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 } => sprites::create(&ctx, name, skip_console, from, template).await,
                 Cmd::Templates { cmd } => sprites::templates(&ctx, cmd).await,
                 Cmd::Sleep { cold, force } => sprites::sleep(&ctx, cold, force).await,
+                Cmd::Update {
+                    warm_after,
+                    cold_after,
+                    default_idle,
+                } => sprites::update_idle(&ctx, warm_after, cold_after, default_idle).await,
                 Cmd::Use { name } => sprites::use_sprite(&ctx, &name).await,
                 Cmd::List { prefix, watch } => sprites::list(&ctx, prefix, watch).await,
                 Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,

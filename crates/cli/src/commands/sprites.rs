@@ -210,3 +210,34 @@ pub async fn sleep(ctx: &Ctx, cold: bool, force: bool) -> Result<i32> {
     println!("{} is {}", s.name, s.status.as_str());
     Ok(0)
 }
+
+/// `sprite update --warm-after D --cold-after D | --default-idle`.
+pub async fn update_idle(
+    ctx: &Ctx,
+    warm_after: Option<String>,
+    cold_after: Option<String>,
+    default_idle: bool,
+) -> Result<i32> {
+    if !default_idle && warm_after.is_none() && cold_after.is_none() {
+        bail!("nothing to change: give --warm-after, --cold-after or --default-idle");
+    }
+    let idle = (!default_idle).then_some(sprites_api::IdleSettings {
+        warm_after,
+        cold_after,
+    });
+    let req = UpdateSpriteRequest {
+        idle: Some(idle),
+        ..Default::default()
+    };
+    let s = ctx.sprite()?.update(&req).await.map_err(friendly)?;
+    match &s.idle {
+        Some(i) => println!(
+            "{}: warm after {}, cold after {}",
+            s.name,
+            i.warm_after.as_deref().unwrap_or("the server's time"),
+            i.cold_after.as_deref().unwrap_or("the server's time")
+        ),
+        None => println!("{}: the server's idle times", s.name),
+    }
+    Ok(0)
+}

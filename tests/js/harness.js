@@ -18,7 +18,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export async function startServer() {
   const tmp = mkdtempSync('/tmp/spjs');
   const dataDir = join(tmp, 'd');
-  const proc = spawn(bin, ['serve', '--data-dir', dataDir, '--image-dir', imageDir, '--listen', '127.0.0.1:0'], {
+  const proc = spawn(bin, ['serve', '--data-dir', dataDir, '--image-dir', imageDir, '--listen', '127.0.0.1:0', '--storage-pool', 'none'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

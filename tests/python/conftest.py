@@ -239,7 +239,7 @@ def server(request) -> Server:
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [SPRITESD_BIN, "serve", "--data-dir", data_dir, "--image-dir", IMAGE_DIR,
-         "--listen", "127.0.0.1:0"],
+         "--listen", "127.0.0.1:0", "--storage-pool", "none"],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -32,12 +32,14 @@ pub struct Config {
     pub mcp_metadata_allow_private: bool,
     /// The server's idle times (warm after, cold after), which a sprite's own replace.
     pub idle: (std::time::Duration, std::time::Duration),
+    /// Where sprites' disks live: the data dir, or its reflink pool.
+    pub disks_root: PathBuf,
 }
 
 impl Config {
     /// Directory of one sprite's durable files.
     pub fn sprite_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("sprites").join(id)
+        self.disks_root.join("sprites").join(id)
     }
 
     /// Per-sprite runtime files.

@@ -172,6 +172,15 @@ struct ServeArgs {
     /// `http://<listen address>`).
     #[arg(long, env = "SPRITES_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Where the data dir's filesystem has no reflinks (ext4), keep sprite disks and
+    /// checkpoint chunks in a file-backed XFS pool inside it (`auto`, the default: fast
+    /// checkpoints and forks), or not (`none`). A pool once made is always used.
+    #[arg(long, env = "SPRITES_STORAGE_POOL", default_value = "auto", value_parser = ["auto", "none"])]
+    storage_pool: String,
+    /// Size of a new pool in GiB (a sparse file: a ceiling, not a cost; default half the free
+    /// space, 10 GiB to 1 TiB).
+    #[arg(long, env = "SPRITES_STORAGE_POOL_GB")]
+    storage_pool_gb: Option<u64>,
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
@@ -282,6 +291,70 @@ fn token_create(data: &DataArgs, org: &str, description: &str) -> anyhow::Result
     let token = store.blocking(|c| auth::create_token(c, org, description))?;
     println!("{token}");
     Ok(())
+}
+
+/// Where sprite disks and local checkpoint chunks live: the data dir where it has reflinks
+/// (or with `--storage-pool none` and no pool yet), else its reflink pool, which existing
+/// disks and chunks move into at a start when no sprite of the data dir runs.
+fn storage_root(a: &ServeArgs) -> anyhow::Result<PathBuf> {
+    use sprites_storage::pool;
+    let data = &a.data.data_dir;
+    let have = pool::exists(data);
+    if !have && (a.storage_pool == "none" || sprites_storage::tracking::supported(data)) {
+        return Ok(data.clone());
+    }
+    let size = a
+        .storage_pool_gb
+        .map(|g| g << 30)
+        .unwrap_or_else(|| pool::default_size(data));
+    let mnt = match pool::ensure(data, size) {
+        Ok(m) => m,
+        Err(e) if !have => {
+            tracing::warn!("no storage pool ({e}); checkpoints will read every allocated chunk");
+            return Ok(data.clone());
+        }
+        Err(e) => bail!(
+            "the data dir's storage pool {} cannot be mounted: {e}",
+            pool::file(data).display()
+        ),
+    };
+    if !have {
+        tracing::info!(pool = %pool::file(data).display(), gib = size >> 30, "made a reflink storage pool for this data dir: checkpoints and forks now cost what changed");
+    }
+    let pending = ["sprites", "objects"].iter().any(|d| data.join(d).exists());
+    if pending {
+        if any_sprite_running(data) {
+            tracing::warn!("sprites of this data dir are running from its old layout: they move into the storage pool at a start when none runs");
+            return Ok(data.clone());
+        }
+        for d in ["sprites", "objects"] {
+            pool::move_in(data, &mnt, d)?;
+        }
+        tracing::info!("moved sprite disks and checkpoints into the storage pool");
+    }
+    Ok(mnt)
+}
+
+/// Whether a launcher of this data dir's sprites is alive (its pid file under `run/`).
+fn any_sprite_running(data: &Path) -> bool {
+    let Ok(dirs) = std::fs::read_dir(data.join("run")) else {
+        return false;
+    };
+    dirs.flatten().any(|d| {
+        std::fs::read_dir(d.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| {
+                f.file_name().to_string_lossy().ends_with(".pid")
+                    && std::fs::read_to_string(f.path())
+                        .ok()
+                        .and_then(|p| p.trim().parse::<i32>().ok())
+                        .is_some_and(|p| {
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+                        })
+            })
+    })
 }
 
 /// The sealing keys of a data dir: `SPRITES_SECRET_KEY` if set (then taken out of the
@@ -402,7 +475,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             limits.pids_total
         );
     }
+    prepare_data_dir(&a.data.data_dir)?;
+    let disks_root = storage_root(&a)?;
     let cfg = Config {
+        disks_root: disks_root.clone(),
         data_dir: a.data.data_dir.clone(),
         image_dir: a.data.image_dir(),
         listen: a.listen,
@@ -414,7 +490,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         object_store: a
             .object_store
             .clone()
-            .unwrap_or_else(|| a.data.data_dir.join("objects").display().to_string()),
+            .unwrap_or_else(|| disks_root.join("objects").display().to_string()),
         mcp_metadata_allow_private: a.mcp_metadata_allow_private,
         idle: (a.warm_after, a.cold_after),
     };
@@ -572,10 +648,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         std::fs::write(&tmp, addr.to_string())?;
         std::fs::rename(&tmp, cfg.data_dir.join("spritesd.addr"))?;
         tracing::info!(%addr, backend = backend_name, data_dir = %cfg.data_dir.display(), "spritesd ready");
-        if sprites_storage::tracking::supported(&cfg.data_dir) {
+        if sprites_storage::tracking::supported(&cfg.disks_root) {
             tracing::info!("checkpoints track changes by reflink: they cost what changed");
         } else {
-            tracing::info!("the data dir's filesystem has no reflinks: checkpoints read every allocated chunk; put the data dir on XFS or btrfs to make them cost only what changed");
+            tracing::info!("the data dir's filesystem has no reflinks and there is no storage pool (--storage-pool none): checkpoints read every allocated chunk");
         }
         // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

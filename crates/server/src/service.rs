@@ -822,7 +822,7 @@ impl Sprites {
                 }
             }
         }
-        let Ok(dir) = std::fs::read_dir(self.cfg.data_dir.join("sprites")) else {
+        let Ok(dir) = std::fs::read_dir(self.cfg.disks_root.join("sprites")) else {
             return Ok(());
         };
         for e in dir.flatten() {

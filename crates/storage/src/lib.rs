@@ -9,6 +9,7 @@ pub mod disk;
 pub mod guest;
 pub mod image;
 pub mod mirror;
+pub mod pool;
 pub mod tracking;
 
 /// Errors of storage operations.

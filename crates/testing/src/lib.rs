@@ -171,6 +171,14 @@ impl TestServer {
         let addr_file = self.data_dir.join("spritesd.addr");
         let _ = std::fs::remove_file(&addr_file);
         // A test may bring its own image directory (see `image_variant`).
+        // Test servers keep their disks in their temp data dir unless a test asks for the
+        // pool: one loop-mounted volume per server would outlive the temp dirs.
+        let pool_args: Vec<std::ffi::OsString> = if self.extra.iter().any(|a| a == "--storage-pool")
+        {
+            vec![]
+        } else {
+            vec!["--storage-pool".into(), "none".into()]
+        };
         let image_args = if self.extra.iter().any(|a| a == "--image-dir") {
             vec![]
         } else {
@@ -181,6 +189,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(image_args)
+            .args(pool_args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra)
@@ -239,6 +248,12 @@ impl TestServer {
             nix::sys::signal::SIGTERM,
         )?;
         Ok(c.wait()?.success())
+    }
+
+    /// The same server (data dir, port) with other extra arguments from the next start.
+    pub fn with_extra(mut self, extra: &[&str]) -> Self {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// Starts the server again on the same data dir and port.

@@ -62,7 +62,7 @@ fn storage_err(e: sprites_storage::StorageError) -> ApiError {
 }
 
 impl Sprites {
-    fn checkpoint_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn checkpoint_lock(&self, sprite_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.checkpoint_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -27,6 +27,8 @@ pub(crate) struct Resolved {
     pub bytes: i64,
     /// A checkpoint made only for this (deleted after use).
     pub temporary: Option<(String, String)>,
+    /// The source sprite (id) and disk, whose tracked reference may be this very checkpoint.
+    pub source_disk: Option<(String, std::path::PathBuf)>,
 }
 
 impl Sprites {
@@ -50,6 +52,7 @@ impl Sprites {
                     checkpoint: t.source_checkpoint,
                     bytes: t.bytes,
                     temporary: None,
+                    source_disk: None,
                 })
             }
             (None, Some(name)) => {
@@ -82,6 +85,7 @@ impl Sprites {
                         )
                     })?;
                 Ok(Resolved {
+                    source_disk: Some((rec.id.clone(), self.spec(&rec).disk)),
                     manifest: ck.manifest,
                     base_image: ck.base_image.or(rec.base_image),
                     sprite: name.clone(),
@@ -124,10 +128,29 @@ impl Sprites {
             .unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         let tmp = disk.with_extension("ext4.fork");
-        self.chunks
-            .materialize(&manifest, &tmp)
-            .await
-            .map_err(|e| ApiError::internal(format!("writing the new disk: {e}")))?;
+        // The source's latest checkpoint is also its tracked reference: one reflink clone.
+        let cloned = match &r.source_disk {
+            Some((id, src)) => {
+                // A checkpoint of the source replaces its reference: not while we clone it.
+                let lock = self.checkpoint_lock(id);
+                let _g = lock.lock().await;
+                let (src, key, t) = (src.clone(), r.manifest.clone(), tmp.clone());
+                tokio::task::spawn_blocking(move || {
+                    sprites_storage::tracking::clone_reference(&src, &key, &t)
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
+            }
+            None => false,
+        };
+        if !cloned {
+            self.chunks
+                .materialize(&manifest, &tmp)
+                .await
+                .map_err(|e| ApiError::internal(format!("writing the new disk: {e}")))?;
+        }
         std::fs::rename(&tmp, &disk).map_err(ApiError::internal)?;
         Ok(())
     }

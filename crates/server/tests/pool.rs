@@ -101,6 +101,30 @@ async fn a_data_dir_without_reflinks_gets_a_pool_and_moves_into_it() {
         "the moved checkpoint restores"
     );
 
+    // Forks in the pool: from now (one reflink clone of the fresh snapshot) and from the
+    // older checkpoint (chunk by chunk); each sees its own state.
+    api.sh("keep", "echo now > ~/f && sync").await;
+    let (st, v) = api
+        .json(
+            Method::POST,
+            "/v1/sprites",
+            Some(json!({"name": "fork-now", "source": {"sprite": "keep"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(api.sh("fork-now", "cat ~/f").await.stdout, "now\n");
+    let (st, v) = api
+        .json(
+            Method::POST,
+            "/v1/sprites",
+            Some(json!({"name": "fork-old", "source": {"sprite": "keep", "checkpoint": id}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(api.sh("fork-old", "cat ~/f").await.stdout, "before-pool\n");
+    api.sh("fork-now", "echo mine > ~/f").await;
+    assert_eq!(api.sh("keep", "cat ~/f").await.stdout, "now\n");
+
     // kill -9, restart: the pool (still mounted) is used again, nothing lost.
     api.sh("keep", "echo durable > ~/g && sync").await;
     s.kill9();

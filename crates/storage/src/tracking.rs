@@ -124,6 +124,33 @@ impl Drop for Snap {
     }
 }
 
+/// Writes `dest` as a reflink clone of `disk`'s tracked reference when that reference holds
+/// exactly manifest `key` (the disk as its latest checkpoint saw it): one clone instead of a
+/// chunk at a time. False when there is no such reference (the caller materializes).
+pub fn clone_reference(disk: &Path, key: &str, dest: &Path) -> Result<bool> {
+    let ref_path = with_suffix(disk, ".ckpt-ref");
+    let Ok(raw) = std::fs::read(with_suffix(disk, ".ckpt-ref.json")) else {
+        return Ok(false);
+    };
+    let Ok(rec) = serde_json::from_slice::<RefRecord>(&raw) else {
+        return Ok(false);
+    };
+    let Ok(m) = std::fs::metadata(&ref_path) else {
+        return Ok(false);
+    };
+    if rec.manifest != key || rec.dev != m.dev() || rec.ino != m.ino() || rec.size != m.len() {
+        return Ok(false);
+    }
+    let _ = std::fs::remove_file(dest);
+    if reflink_copy::reflink(&ref_path, dest).is_err() {
+        return Ok(false);
+    }
+    std::fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing the cloned disk"))?;
+    Ok(true)
+}
+
 /// Whether files in `dir` can share blocks (the filesystem has reflinks), tried on a scratch
 /// file.
 pub fn supported(dir: &Path) -> bool {

@@ -252,6 +252,17 @@ async fn checkpoint_benches(s: &TestServer, gib: u64) -> Result<Api> {
         out.contains("big"),
         "the fork lacks the source's file: {out}"
     );
+    // From the sprite as it is now: a snapshot, then (with reflinks) one clone of it.
+    let (now, now_exec) = create(
+        "cknow",
+        serde_json::json!({"name": "cknow", "source": {"sprite": "ckbench"}}),
+    )
+    .await?;
+    println!(
+        "fork of a sprite with {gib} MiB written, as it is now: created {} (first exec {})",
+        ms(now),
+        ms(now_exec)
+    );
     Ok(api)
 }
 

@@ -327,3 +327,52 @@ pub struct ListSpritesResponse {
 
 /// Default and largest page size of `GET /v1/sprites`; larger requests are clamped.
 pub const MAX_LIST_RESULTS: usize = 50;
+
+/// An org token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgToken {
+    /// Token id (`tok…`).
+    pub id: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Whether it may mint and revoke tokens.
+    #[serde(default)]
+    pub admin: bool,
+    /// When it was made.
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `GET /v1/organizations/{org}/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgTokenList {
+    /// The org's tokens.
+    pub tokens: Vec<OrgToken>,
+}
+
+/// `POST /v1/organizations/{org}/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintTokenRequest {
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether it may mint and revoke tokens itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<bool>,
+}
+
+/// The minted token: shown in this answer only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintedToken {
+    /// The token.
+    pub token: String,
+    /// Its id.
+    pub id: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Whether it is an admin token.
+    #[serde(default)]
+    pub admin: bool,
+}

@@ -458,6 +458,39 @@ pub enum OrgCmd {
         /// API URL.
         api_url: Option<String>,
     },
+    /// Mint, list and revoke the org's tokens (with an admin token).
+    ///
+    /// Examples:
+    ///   sprite org tokens list
+    ///   sprite org tokens create --description ci     # printed once, alone on stdout
+    ///   sprite org tokens revoke tokabc123
+    #[command(verbatim_doc_comment)]
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// List the org's tokens.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Mint a token.
+    Create {
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// It may mint and revoke tokens too.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Revoke a token.
+    #[command(visible_alias = "rm")]
+    Revoke {
+        /// Token id (tok...).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -827,3 +827,22 @@ fn forks_templates_and_sleep_from_the_cli() {
     let err = fails(&s, &["templates", "delete", "gold"]);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[test]
+fn org_tokens_from_the_cli() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    let o = s
+        .run_cli(&["org", "tokens", "create", "--description", "deploy"])
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let token = out.trim().to_string();
+    assert_eq!(token.split('/').count(), 4, "{out}");
+    let id = token.split('/').nth(2).unwrap().to_string();
+    let list = ok(&s, &["org", "tokens", "list"]);
+    assert!(list.contains(&id) && list.contains("deploy"), "{list}");
+    assert!(ok(&s, &["org", "tokens", "revoke", &id]).contains("Revoked"));
+    let err = fails(&s, &["org", "tokens", "revoke", &id]);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -250,6 +250,54 @@ impl Client {
         .await
     }
 
+    /// The org's tokens (an admin token only).
+    pub async fn org_tokens(&self, org: &str) -> Result<Vec<sprites_api::OrgToken>> {
+        let escaped: String = url::form_urlencoded::byte_serialize(org.as_bytes()).collect();
+        let l: sprites_api::OrgTokenList = self
+            .json(
+                self.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/organizations/{escaped}/tokens"),
+                ),
+                &[200],
+            )
+            .await?;
+        Ok(l.tokens)
+    }
+
+    /// Mints a token for the org (an admin token only); the token is in this answer only.
+    pub async fn mint_token(
+        &self,
+        org: &str,
+        req: &sprites_api::MintTokenRequest,
+    ) -> Result<sprites_api::MintedToken> {
+        let escaped: String = url::form_urlencoded::byte_serialize(org.as_bytes()).collect();
+        self.json(
+            self.request(
+                reqwest::Method::POST,
+                &format!("/v1/organizations/{escaped}/tokens"),
+            )
+            .json(req),
+            &[201],
+        )
+        .await
+    }
+
+    /// Revokes token `id` of the org.
+    pub async fn revoke_token(&self, org: &str, id: &str) -> Result<()> {
+        let o: String = url::form_urlencoded::byte_serialize(org.as_bytes()).collect();
+        let i: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        self.send(
+            self.request(
+                reqwest::Method::DELETE,
+                &format!("/v1/organizations/{o}/tokens/{i}"),
+            ),
+            &[204],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The org's templates.
     pub async fn list_templates(&self) -> Result<Vec<sprites_api::Template>> {
         let l: sprites_api::TemplateList = self

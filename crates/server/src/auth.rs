@@ -96,6 +96,22 @@ pub fn create_token(
     Ok(format!("{}/{}/{}/{}", org.slug, org.id, token_id, secret))
 }
 
+/// Mints a token for `org`; the plain token (shown once).
+pub fn mint_token(
+    c: &rusqlite::Connection,
+    org: &Org,
+    description: &str,
+    admin: bool,
+) -> Result<(String, String), StoreError> {
+    let token_id = format!("tok{}", random_lower(10));
+    let secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 40);
+    store::insert_minted_token(c, &token_id, &org.id, &hash(&secret), description, admin)?;
+    Ok((
+        token_id.clone(),
+        format!("{}/{}/{}/{}", org.slug, org.id, token_id, secret),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,8 @@ CREATE TABLE templates (
 );
 "#,
         ),
+        // Tokens made before minting existed were all full admin tokens.
+        M::up("ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 1;"),
     ])
 }
 
@@ -398,6 +400,94 @@ pub fn insert_token(
         params![id, org_id, hash, description, now_ms()],
     )?;
     Ok(())
+}
+
+/// A token as the org's token list shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Token id (`tok…`).
+    pub id: String,
+    /// What it is for.
+    pub description: String,
+    /// Whether it may mint and revoke tokens.
+    pub admin: bool,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Inserts a minted token.
+pub fn insert_minted_token(
+    c: &Connection,
+    id: &str,
+    org_id: &str,
+    hash: &[u8],
+    description: &str,
+    admin: bool,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO tokens (id, org_id, secret_hash, description, created_at, admin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, org_id, hash, description, now_ms(), admin],
+    )?;
+    Ok(())
+}
+
+/// The org's tokens, oldest first.
+pub fn tokens_of(c: &Connection, org_id: &str) -> Result<Vec<TokenInfo>> {
+    let mut st = c.prepare(
+        "SELECT id, description, admin, created_at FROM tokens WHERE org_id = ?1 ORDER BY created_at, id",
+    )?;
+    let rows = st.query_map([org_id], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            description: r.get(1)?,
+            admin: r.get(2)?,
+            created_at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Revokes token `id` of the org, unless it is the org's last admin token. `Ok(false)` when
+/// there is no such token.
+pub fn revoke_token(c: &mut Connection, org_id: &str, id: &str) -> Result<bool> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let admin: Option<bool> = tx
+        .query_row(
+            "SELECT admin FROM tokens WHERE org_id = ?1 AND id = ?2",
+            params![org_id, id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(admin) = admin else {
+        return Ok(false);
+    };
+    if admin {
+        let admins: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM tokens WHERE org_id = ?1 AND admin = 1",
+            [org_id],
+            |r| r.get(0),
+        )?;
+        if admins <= 1 {
+            return Err(StoreError::Conflict(
+                "this is the org's last admin token; mint another admin token first".into(),
+            ));
+        }
+    }
+    tx.execute(
+        "DELETE FROM tokens WHERE org_id = ?1 AND id = ?2",
+        params![org_id, id],
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Whether token `id` is an admin token.
+pub fn token_is_admin(c: &Connection, id: &str) -> Result<bool> {
+    Ok(
+        c.query_row("SELECT admin FROM tokens WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false),
+    )
 }
 
 /// Looks up a token by id.

@@ -125,3 +125,44 @@ pub fn logout() -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `sprite org tokens list|create|revoke`.
+pub async fn tokens(ctx: &crate::context::Ctx, cmd: crate::TokensCmd) -> Result<i32> {
+    let client = ctx.client()?;
+    // The org is the token's own (its first part).
+    let org = ctx
+        .token()
+        .and_then(|t| t.split('/').next())
+        .map(str::to_string)
+        .or_else(|| ctx.org.clone())
+        .ok_or_else(|| anyhow::anyhow!("not logged in; run `sprite auth setup --token TOKEN`"))?;
+    let friendly = crate::context::friendly;
+    match cmd {
+        crate::TokensCmd::List => {
+            println!("{:<16} {:<6} {:<26} DESCRIPTION", "ID", "ADMIN", "CREATED");
+            for t in client.org_tokens(&org).await.map_err(friendly)? {
+                println!(
+                    "{:<16} {:<6} {:<26} {}",
+                    t.id,
+                    if t.admin { "yes" } else { "no" },
+                    t.created_at,
+                    t.description
+                );
+            }
+        }
+        crate::TokensCmd::Create { description, admin } => {
+            let req = sprites_api::MintTokenRequest {
+                description: Some(description),
+                admin: Some(admin),
+            };
+            let t = client.mint_token(&org, &req).await.map_err(friendly)?;
+            eprintln!("Token {} for org {org} (shown this once):", t.id);
+            println!("{}", t.token);
+        }
+        crate::TokensCmd::Revoke { id } => {
+            client.revoke_token(&org, &id).await.map_err(friendly)?;
+            println!("Revoked {id}");
+        }
+    }
+    Ok(0)
+}

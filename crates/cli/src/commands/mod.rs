@@ -47,6 +47,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     template,
                 } => sprites::create(&ctx, name, skip_console, from, template).await,
                 Cmd::Templates { cmd } => sprites::templates(&ctx, cmd).await,
+                Cmd::Org {
+                    cmd: OrgCmd::Tokens { cmd },
+                } => auth::tokens(&ctx, cmd).await,
                 Cmd::Sleep { cold, force } => sprites::sleep(&ctx, cold, force).await,
                 Cmd::Update {
                     warm_after,

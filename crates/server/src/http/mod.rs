@@ -8,6 +8,7 @@ pub(crate) use sprites::json_body;
 mod forward;
 mod proxy;
 mod sprites;
+pub(crate) mod tokens;
 mod url;
 
 use std::sync::Arc;
@@ -99,6 +100,15 @@ fn build(state: AppState) -> Router {
             "/mcp/grants/{id}",
             axum::routing::delete(crate::mcp::revoke_grant),
         )
+        .route(
+            "/organizations/{org}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route(
+            "/organizations/{org}/tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
+        .route("/sprites/{name}/check", get(sprites::check))
         .route("/templates", get(sprites::list_templates))
         .route(
             "/templates/{tname}",
@@ -200,6 +210,11 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
     };
     match crate::auth::verify(&state.store, token).await {
         Ok(Some(org)) => {
+            let id = crate::auth::parse(token).map(|p| p.token_id.to_string());
+            if let Some(id) = id {
+                req.extensions_mut()
+                    .insert(crate::http::tokens::TokenId(id));
+            }
             req.extensions_mut().insert::<Org>(org);
             next.run(req).await
         }

@@ -358,3 +358,40 @@ pub async fn sleep(
     };
     Ok(Json(s.sleep(&org, &name, req).await?))
 }
+
+/// `GET /v1/sprites/{name}/check` (the JS SDK's `checkSprite`): whether its agent answers.
+/// A sleeping sprite is `hibernated` (and is not woken for this).
+pub async fn check(
+    State(s): State<AppState>,
+    Extension(org): Extension<Org>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = std::time::Instant::now();
+    let rec = s.find(&org, &name).await?;
+    let spec = s.spec(&rec);
+    let (status, reason) = match s.runtime.state(&spec).await {
+        sprites_runtime::State::Warm | sprites_runtime::State::Cold => ("hibernated", None),
+        sprites_runtime::State::Running => {
+            let probe = async {
+                let st = s.runtime.backend().connect(&spec).await?;
+                sprites_runtime::agent::activity(st).await
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(5), probe).await {
+                Ok(Ok(_)) => ("healthy", None),
+                Ok(Err(e)) => ("unhealthy", Some(e.to_string())),
+                Err(_) => (
+                    "unhealthy",
+                    Some("the agent did not answer in 5 s".to_string()),
+                ),
+            }
+        }
+    };
+    Ok(Json(serde_json::json!({
+        "sprite_name": rec.name,
+        "sprite_id": rec.id,
+        "status": status,
+        "reason": reason,
+        "checked_at": api::timefmt::format_millis(crate::store::now_ms()),
+        "elapsed": started.elapsed().as_millis() as u64,
+    })))
+}

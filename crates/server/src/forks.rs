@@ -11,7 +11,7 @@ use sprites_api::{self as api, ErrorCode};
 
 use crate::error::ApiError;
 use crate::service::Sprites;
-use crate::store::{self, now_ms, Org, SpriteRecord, TemplateRecord};
+use crate::store::{self, now_ms, Org, TemplateRecord};
 
 /// A source resolved to a manifest.
 pub(crate) struct Resolved {
@@ -110,18 +110,16 @@ impl Sprites {
         }
     }
 
-    /// Writes the disk of `r` as `rec`'s disk (to a temporary name, then renamed).
-    pub(crate) async fn materialize_disk(
-        &self,
-        rec: &SpriteRecord,
-        r: &Resolved,
-    ) -> Result<(), ApiError> {
+    /// Writes the disk of `r` as the disk of sprite `id` (to a temporary name, then renamed).
+    /// Done before the sprite's record exists: a crash leaves only a directory without a
+    /// record, which the next start removes, never a sprite with half a disk.
+    pub(crate) async fn materialize_disk(&self, id: &str, r: &Resolved) -> Result<(), ApiError> {
         let manifest = self
             .chunks
             .read_manifest(&r.manifest)
             .await
             .map_err(|e| ApiError::internal(format!("reading the source's disk: {e}")))?;
-        let disk = self.spec(rec).disk;
+        let disk = self.cfg.sprite_dir(id).join("disk.ext4");
         let dir = disk
             .parent()
             .map(std::path::Path::to_path_buf)

@@ -299,6 +299,15 @@ impl Sprites {
             Some(src) => Some(self.resolve_source(org, src).await?),
             None => None,
         };
+        let id = format!("sprite-{}", uuid::Uuid::new_v4());
+        if let Some(r) = &source {
+            let written = self.materialize_disk(&id, r).await;
+            self.drop_temporary(org, r).await;
+            if let Err(e) = written {
+                let _ = std::fs::remove_dir_all(self.cfg.sprite_dir(&id));
+                return Err(e);
+            }
+        }
         let _gate = self.base_gate.read().await;
         let base = match source.as_ref().and_then(|r| r.base_image.clone()) {
             Some(b) => b,
@@ -306,7 +315,7 @@ impl Sprites {
         };
         let now = now_ms();
         let rec = SpriteRecord {
-            id: format!("sprite-{}", uuid::Uuid::new_v4()),
+            id: id.clone(),
             org_id: org.id.clone(),
             name: req.name.clone(),
             uid_slot: 0,
@@ -334,22 +343,12 @@ impl Sprites {
         let mut rec = match inserted {
             Ok(r) => r,
             Err(e) => {
-                if let Some(r) = &source {
-                    self.drop_temporary(org, r).await;
+                if source.is_some() {
+                    let _ = std::fs::remove_dir_all(self.cfg.sprite_dir(&id));
                 }
                 return Err(e.into());
             }
         };
-        if let Some(r) = &source {
-            let written = self.materialize_disk(&rec, r).await;
-            self.drop_temporary(org, r).await;
-            if let Err(e) = written {
-                let id = rec.id.clone();
-                let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;
-                let _ = std::fs::remove_dir_all(self.cfg.sprite_dir(&rec.id));
-                return Err(e);
-            }
-        }
         if let Err(e) = self.serve_host_api(&rec) {
             let id = rec.id.clone();
             let _ = self.store.with(move |c| store::delete_sprite(c, &id)).await;

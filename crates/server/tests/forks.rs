@@ -339,3 +339,66 @@ async fn a_sprite_has_its_own_idle_times() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     }
 }
+
+#[tokio::test]
+async fn kill_9_during_a_fork_leaves_no_half_sprite() {
+    let s = TestServer::start().unwrap();
+    let api = Api::new(&s);
+    api.create("big").await;
+    api.sh(
+        "big",
+        "head -c 400M /dev/urandom > ~/blob && md5sum ~/blob | cut -c1-32 > ~/sum && sync",
+    )
+    .await;
+    let want = api.sh("big", "cat ~/sum").await.stdout;
+    // Without a pool the fork copies 400 MiB: long enough to be cut short.
+    let api2 = Api::new(&s);
+    let fork = tokio::spawn(async move {
+        api2.json(
+            Method::POST,
+            "/v1/sprites",
+            Some(json!({"name": "half", "source": {"sprite": "big"}})),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let mut s = s;
+    s.kill9();
+    let _ = fork.await;
+    s.restart().unwrap();
+    let api = Api::new(&s);
+    let (st, _) = api.json(Method::GET, "/v1/sprites/half", None).await;
+    if st == StatusCode::OK {
+        // It finished before the kill: then it is whole.
+        assert_eq!(
+            api.sh("half", "md5sum ~/blob | cut -c1-32").await.stdout,
+            want
+        );
+    } else {
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        // No directory without a record is left, and the name is free again.
+        let (_, list) = api.json(Method::GET, "/v1/sprites", None).await;
+        let records = list["sprites"].as_array().unwrap().len();
+        let dirs = std::fs::read_dir(s.data_dir.join("sprites"))
+            .unwrap()
+            .count();
+        assert_eq!(dirs, records, "leftover sprite directories");
+        let (st, v) = api
+            .json(
+                Method::POST,
+                "/v1/sprites",
+                Some(json!({"name": "half", "source": {"sprite": "big"}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        assert_eq!(
+            api.sh("half", "md5sum ~/blob | cut -c1-32").await.stdout,
+            want
+        );
+    }
+    // The source is untouched either way.
+    assert_eq!(
+        api.sh("big", "md5sum ~/blob | cut -c1-32").await.stdout,
+        want
+    );
+}

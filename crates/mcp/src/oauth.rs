@@ -645,6 +645,19 @@ impl Mcp {
         Ok(out)
     }
 
+    /// A token endpoint answer: a new access and refresh token pair for `grant_id`.
+    async fn token_response(&self, grant_id: &str) -> Response {
+        match self.issue(grant_id, true, ACCESS_TTL_MS).await {
+            Ok(v) => (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(v),
+            )
+                .into_response(),
+            Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
+        }
+    }
+
     /// The access a bearer token on `/mcp` gives: an MCP access token, or an org API token
     /// (full access, for clients that cannot do OAuth).
     pub async fn access_of(&self, token: &str) -> Option<crate::Access> {
@@ -761,15 +774,7 @@ async fn token(State(m): State<Arc<Mcp>>, headers: HeaderMap, body: axum::body::
                     "the PKCE code_verifier does not match",
                 );
             }
-            match m.issue(&c.grant_id, true, ACCESS_TTL_MS).await {
-                Ok(v) => (
-                    StatusCode::OK,
-                    [(header::CACHE_CONTROL, "no-store")],
-                    Json(v),
-                )
-                    .into_response(),
-                Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
-            }
+            m.token_response(&c.grant_id).await
         }
         "refresh_token" => {
             let h = hash(get("refresh_token"));
@@ -799,15 +804,7 @@ async fn token(State(m): State<Arc<Mcp>>, headers: HeaderMap, body: axum::body::
                     "the refresh token expired or its grant was revoked",
                 );
             }
-            match m.issue(&t.grant_id, true, ACCESS_TTL_MS).await {
-                Ok(v) => (
-                    StatusCode::OK,
-                    [(header::CACHE_CONTROL, "no-store")],
-                    Json(v),
-                )
-                    .into_response(),
-                Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
-            }
+            m.token_response(&t.grant_id).await
         }
         other => oauth_error(
             StatusCode::BAD_REQUEST,

@@ -88,6 +88,18 @@ fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
     })
 }
 
+const TOKEN_SELECT: &str =
+    "SELECT grant_id, kind, expires_at, used FROM mcp_tokens WHERE hash = ?1";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        grant_id: r.get(0)?,
+        kind: r.get(1)?,
+        expires_at: r.get(2)?,
+        used: r.get(3)?,
+    })
+}
+
 const GRANT_COLS: &str =
     "id, org_id, client_id, client_name, mode, prefix, max_sprites, created_at, last_used_at";
 
@@ -279,44 +291,17 @@ impl AuthStore for Rows {
 
     async fn token(&self, hash: &str) -> Option<TokenRow> {
         let h = hash.to_string();
-        self.run(move |db| {
-            db.query_row(
-                "SELECT grant_id, kind, expires_at, used FROM mcp_tokens WHERE hash = ?1",
-                [h],
-                |r| {
-                    Ok(TokenRow {
-                        grant_id: r.get(0)?,
-                        kind: r.get(1)?,
-                        expires_at: r.get(2)?,
-                        used: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-        })
-        .await
-        .ok()
-        .flatten()
+        self.run(move |db| db.query_row(TOKEN_SELECT, [h], token_row).optional())
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn use_refresh(&self, hash: &str) -> Option<TokenRow> {
         let h = hash.to_string();
         self.run(move |db| {
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let t = tx
-                .query_row(
-                    "SELECT grant_id, kind, expires_at, used FROM mcp_tokens WHERE hash = ?1",
-                    [&h],
-                    |r| {
-                        Ok(TokenRow {
-                            grant_id: r.get(0)?,
-                            kind: r.get(1)?,
-                            expires_at: r.get(2)?,
-                            used: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()?;
+            let t = tx.query_row(TOKEN_SELECT, [&h], token_row).optional()?;
             tx.execute("UPDATE mcp_tokens SET used = 1 WHERE hash = ?1", [&h])?;
             tx.commit()?;
             Ok(t)

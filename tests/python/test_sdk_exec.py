@@ -5,14 +5,14 @@ Transport map of sprites-py 0.7.2 (read from its source):
     ``Sprite.attach_session``, ``sprites.exec.run`` and the async ``AsyncSprite`` equivalents -
     goes over a WebSocket: ``GET /v1/sprites/{name}/exec?cmd=..&path=..&env=..&dir=..&stdin=true``
     (``sprites.websocket._run_ws_command_direct``). With ``SpritesClient(control_mode=True)`` it
-    first tries ``/v1/sprites/{name}/control`` and falls back to the direct socket on any
-    non-101 answer (``run_ws_command_via_control``).
+    uses ``/v1/sprites/{name}/control`` (falling back to the direct socket on any non-101
+    answer, ``run_ws_command_via_control``).
   * the SDK has no HTTP (``POST .../exec``) exec call at all. That endpoint is exercised here
     through the SDK's own authenticated HTTP client (``SpritesClient.http_client``), which is
     how SDK users reach endpoints the SDK does not wrap. Restart is not wrapped either and goes
     the same way.
 
-Every exec test runs over both transports.
+Every exec test runs over each transport: HTTP, a WebSocket, and the control connection.
 """
 
 from __future__ import annotations
@@ -121,11 +121,36 @@ def exec_ws(
 Runner = Callable[..., Result]
 
 
-@pytest.fixture(params=["http", "ws"])
-def run(request, client) -> Runner:
+@pytest.fixture(scope="module")
+def control_client(server):
+    """A client in control mode: exec over the multiplexed ``/control`` sockets (spec §4)."""
+    c = server.client(control_mode=True)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["http", "ws", "control"])
+def run(request, client, control_client) -> Runner:
     """``run(sprite, args, env=, cwd=, stdin=)`` over one transport."""
     if request.param == "http":
         return lambda sprite, args, **kw: exec_http(client, sprite.name, args, **kw)
+    if request.param == "control":
+
+        def via_control(sprite, args, env=None, cwd=None, stdin=None):
+            s = control_client.sprite(sprite.name)
+            # In control mode sprites-py 0.7.2 ignores stdout/stderr sinks and keeps the
+            # output on the command object instead, so it is read from there.
+            cmd = s.command(*args, env=env, cwd=cwd, timeout=120,
+                            stdin=io.BytesIO(stdin) if stdin is not None else None)
+            try:
+                cmd.run()
+                code = 0
+            except ExecError as e:
+                code = e.exit_code()
+            assert s._control_mode_supported, "fell back from the control connection"
+            return Result(code, cmd._stdout_data, cmd._stderr_data)
+
+        return via_control
     return lambda sprite, args, **kw: exec_ws(sprite, args, **kw)
 
 
@@ -319,16 +344,23 @@ def test_sdk_timeout_then_sprite_still_usable(shared_sprite):
     assert shared_sprite.run("echo", "alive", capture_output=True, timeout=60).stdout == b"alive\n"
 
 
-def test_sdk_control_mode_falls_back_to_direct(server, shared_sprite):
-    # /control answers 404: the SDK must fall back to the direct exec socket.
+def test_sdk_control_mode_runs_over_the_control_connection(server, shared_sprite):
+    # /control is served (spec §4): commands go over pooled control sockets, no fallback.
     with server.client(control_mode=True) as c:
         s = c.sprite(shared_sprite.name)
-        cp = s.run("sh", "-c", "echo via-fallback; exit 5", capture_output=True, timeout=60)
+        cp = s.run("sh", "-c", "echo via-control; echo e >&2; exit 5", capture_output=True, timeout=60)
         assert cp.returncode == 5
-        assert cp.stdout == b"via-fallback\n"
-        assert s._control_mode_supported is False
-        # Later commands go straight to the direct socket.
+        assert (cp.stdout, cp.stderr) == (b"via-control\n", b"e\n")
+        assert s._control_mode_supported is True
+        assert s.has_control_connection()
+        cmd = s.command("sh", "-c", 'cat; echo "$K $(pwd)"', env={"K": "v w"}, cwd="/tmp",
+                        stdin=io.BytesIO(b"in\x00put\n"), timeout=60)
+        assert cmd.output() == b"in\x00put\nv w /tmp\n"
+        # Sequential commands reuse the pooled sockets.
+        for i in range(5):
+            assert s.run("echo", str(i), capture_output=True, timeout=60).stdout == f"{i}\n".encode()
         assert s.run("whoami", capture_output=True, timeout=60).stdout == b"sprite\n"
+        assert s._control_mode_supported is True
 
 
 def test_sdk_list_sessions_shows_running_command(shared_sprite):

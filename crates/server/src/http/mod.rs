@@ -3,6 +3,7 @@
 
 mod checkpoints;
 mod connectors;
+mod control;
 pub(crate) use checkpoints::ndjson;
 pub(crate) use sprites::json_body;
 mod forward;
@@ -119,14 +120,7 @@ fn build(state: AppState) -> Router {
         .route("/sprites/{name}/sleep", post(sprites::sleep))
         .route("/sprites/{name}/restart", post(sprites::restart))
         .route("/sprites/{name}/upgrade", post(sprites::upgrade))
-        .route(
-            "/sprites/{name}/control",
-            any(|| async {
-                // The multiplexed control connection is not offered: every SDK then uses one
-                // socket per operation (spec §4.1).
-                ApiError::new(ErrorCode::NotFound, "control connections are not supported")
-            }),
-        )
+        .route("/sprites/{name}/control", get(control::control))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -34,7 +34,7 @@ use crate::store::Org;
 const BUF: usize = 256 << 10;
 
 /// A connection to the proxy's target.
-trait Target: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Target: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Target for T {}
 
 fn is_loopback_name(host: &str) -> bool {
@@ -113,7 +113,7 @@ async fn raw_proxy(
 
 /// Opens the target: directly where the backend can, else through the agent's raw dial.
 /// Errors are the message for the client.
-async fn open(
+pub(super) async fn open(
     s: &AppState,
     spec: &SpriteSpec,
     host: &str,

@@ -17,6 +17,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Base domain of sprite URLs.
     pub url_domain: String,
+    /// `https` when the server serves TLS itself, else `http` (of the API and sprite URLs).
+    pub scheme: &'static str,
     /// The agent binary copied into sprites.
     pub agent_bin: PathBuf,
     /// Default memory limit of a sprite, bytes.

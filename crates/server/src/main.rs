@@ -16,7 +16,9 @@ mod images;
 mod limits;
 mod mcp;
 mod service;
+mod service_unit;
 mod store;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SecretsCmd,
     },
+    /// Install `spritesd serve` as a systemd service (logs in the journal; stopping it leaves
+    /// sprites running, the next start adopts them), enable and start it.
+    ///
+    /// Example: `spritesd install-service -- --listen 0.0.0.0:7780 --url-domain sprites.example.com`
+    InstallService(service_unit::InstallArgs),
 }
 
 #[derive(Subcommand)]
@@ -172,6 +179,13 @@ struct ServeArgs {
     /// `http://<listen address>`).
     #[arg(long, env = "SPRITES_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`), for the API and sprite
+    /// URLs alike; a wildcard certificate for `*.<url-domain>` covers every sprite URL.
+    #[arg(long, env = "SPRITES_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "SPRITES_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where the data dir's filesystem has no reflinks (ext4), keep sprite disks and
     /// checkpoint chunks in a file-backed XFS pool inside it (`auto`, the default: fast
     /// checkpoints and forks), or not (`none`). A pool once made is always used.
@@ -263,6 +277,16 @@ fn main() {
         Cmd::Secrets {
             cmd: SecretsCmd::RotateKey { data },
         } => rotate_key(&data),
+        Cmd::InstallService(a) => service_unit::install(&a, |args| {
+            let mut argv = vec!["spritesd".to_string(), "serve".to_string()];
+            argv.extend(args.iter().cloned());
+            Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
+                // clap's first line says what is wrong; the rest is usage.
+                let e = e.to_string();
+                let line = e.lines().next().unwrap_or_default();
+                line.trim_start_matches("error: ").to_string()
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -475,9 +499,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             limits.pids_total
         );
     }
+    // Read before anything starts, so a bad certificate is one clear error at startup.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(tls::config(c, k)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     prepare_data_dir(&a.data.data_dir)?;
     let disks_root = storage_root(&a)?;
     let cfg = Config {
+        scheme,
         disks_root: disks_root.clone(),
         data_dir: a.data.data_dir.clone(),
         image_dir: a.data.image_dir(),
@@ -515,7 +546,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         a.gateway_allow_private,
         a.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", cfg.listen))
             .trim_end_matches('/')
             .to_string(),
     );
@@ -639,7 +670,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .public_url
             .clone()
             .map(|u| u.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        if let Some(u) = a.public_url.as_deref().and_then(|u| url::Url::parse(u).ok()) {
+            if let Some(port) = u.port_or_known_default() {
+                let _ = svc.url_origin.set((u.scheme().to_string(), port));
+            }
+        }
         svc.connectors.set_public_url(public.clone());
         svc.mcp.set_public_url(public);
         svc.connectors.spawn_usage_writer();
@@ -653,11 +689,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         } else {
             tracing::info!("the data dir's filesystem has no reflinks and there is no storage pool (--storage-pool none): checkpoints read every allocated chunk");
         }
-        // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+        if let Some(tls) = tls {
+            tracing::info!("serving HTTPS");
+            let listener = tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+        } else {
+            // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+        }
         // Networks built ahead for sprites to come; sprites' own networks stay with them.
         if let Some(net) = &pool_owner {
             net.drain_pool();

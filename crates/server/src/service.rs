@@ -35,6 +35,9 @@ pub struct Sprites {
     base_gate: tokio::sync::RwLock<()>,
     /// The port the API really listens on (known once bound), for sprite URLs.
     pub port: std::sync::atomic::AtomicU16,
+    /// Scheme and port of sprite URLs as people reach them, from `--public-url` (a reverse
+    /// proxy's); unset: this listener's.
+    pub url_origin: std::sync::OnceLock<(String, u16)>,
     /// Memory limits set through the resources policy, by sprite id (MiB).
     memory_overrides: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Checkpoint chunks and manifests.
@@ -75,7 +78,7 @@ impl Sprites {
             Arc::new(crate::mcp::Rows {
                 store: store.clone(),
             }),
-            format!("http://{}", cfg.listen),
+            format!("{}://{}", cfg.scheme, cfg.listen),
             cfg.mcp_metadata_allow_private,
         );
         let disks = DiskFactory::new(&cfg.image_dir);
@@ -93,6 +96,7 @@ impl Sprites {
             images,
             base_gate: Default::default(),
             port,
+            url_origin: std::sync::OnceLock::new(),
             memory_overrides: Default::default(),
             chunks,
             checkpoint_locks: Default::default(),
@@ -153,8 +157,16 @@ impl Sprites {
     /// and have no dash, so the label splits at its last dash into exactly one sprite
     /// (slugs are chosen by users and may contain dashes: `<name>-<slug>` can collide).
     pub fn url(&self, org: &Org, name: &str) -> String {
-        let port = self.port.load(std::sync::atomic::Ordering::Relaxed);
-        format!("http://{name}-{}.{}:{port}", org.id, self.cfg.url_domain)
+        let listen = self.port.load(std::sync::atomic::Ordering::Relaxed);
+        let (scheme, port) = match self.url_origin.get() {
+            Some((s, p)) => (s.as_str(), *p),
+            None => (self.cfg.scheme, listen),
+        };
+        let label = format!("{name}-{}.{}", org.id, self.cfg.url_domain);
+        match (scheme, port) {
+            ("https", 443) | ("http", 80) => format!("{scheme}://{label}"),
+            _ => format!("{scheme}://{label}:{port}"),
+        }
     }
 
     /// Public JSON of a record.

@@ -5,6 +5,7 @@
 //! the CLI can all depend on it without pulling in a runtime.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod connector;
 pub mod duration;
 pub mod error;

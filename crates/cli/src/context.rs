@@ -75,6 +75,12 @@ impl Ctx {
         Ok(sprites::Client::new(token.clone()).base_url(&self.url))
     }
 
+    /// An SDK client for the server's public routes (CLI downloads): the token if there is
+    /// one, else none.
+    pub fn anonymous_client(&self) -> sprites::Client {
+        sprites::Client::new(self.token.clone().unwrap_or_default()).base_url(&self.url)
+    }
+
     /// The token, when there is one.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()

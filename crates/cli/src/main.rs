@@ -189,6 +189,29 @@ pub enum Cmd {
         /// Destination: a local path, or :PATH in the sprite.
         dest: String,
     },
+    /// Upgrade this CLI to the build the server offers (its own version), checked against
+    /// the SHA-256 the server states and replaced atomically.
+    ///
+    /// Examples:
+    ///   sprite upgrade            # upgrade to the server's version
+    ///   sprite upgrade --check    # only say whether there is a new one
+    ///   sprite upgrade --force    # reinstall even if up to date
+    ///   sprite upgrade --version 0.1.0
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        /// Check for a new version without installing it.
+        #[arg(long)]
+        check: bool,
+        /// Install even when already up to date.
+        #[arg(long)]
+        force: bool,
+        /// The version to install (a self-hosted server offers its own).
+        #[arg(long)]
+        version: Option<String>,
+        /// Release channel: release, rc or dev (a self-hosted server offers release).
+        #[arg(long, value_parser = ["release", "rc", "dev"])]
+        channel: Option<String>,
+    },
     /// Print a shell completion script (generated from this command tree).
     ///
     /// Examples:

@@ -846,3 +846,126 @@ fn org_tokens_from_the_cli() {
     let err = fails(&s, &["org", "tokens", "revoke", &id]);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// `sprite upgrade` and `install.sh` get the server's own CLI build, checked by SHA-256.
+#[test]
+fn upgrade_and_install_script_use_the_servers_build() {
+    let s = TestServer::start().unwrap();
+    let original = std::fs::read(sprites_testing::bin_dir().join("sprite")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // An older-looking copy: the same program with bytes after its end (it still runs).
+    let copy = tmp.path().join("bin/sprite");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let mut changed = original.clone();
+    changed.extend_from_slice(b"not the server's build");
+    std::fs::write(&copy, &changed).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let copy_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new(&copy);
+        c.env("HOME", &s.home)
+            .env("SPRITES_API_URL", &s.url)
+            .args(args)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let o = copy_cmd(&["upgrade", "--check"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("up to date"), "{}", text(&o).0);
+    let o = copy_cmd(&["upgrade"]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        changed,
+        "same version: nothing replaced"
+    );
+    let o = copy_cmd(&["upgrade", "--force"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        original,
+        "replaced by the server's build"
+    );
+    assert!(copy_cmd(&["--version"]).status.success());
+    let leftovers: Vec<_> = std::fs::read_dir(copy.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["sprite"], "no temporary file left");
+    for (args, want) in [
+        (&["upgrade", "--channel", "rc"][..], "release channel only"),
+        (&["upgrade", "--version", "9.9.9"][..], "offers CLI version"),
+    ] {
+        let o = copy_cmd(args);
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(want) && err.trim_end().lines().count() == 1,
+            "{err}"
+        );
+    }
+
+    // curl <server>/install.sh | sh, as the docs' install line.
+    let dir = tmp.path().join("inst");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("curl -fsSL {}/install.sh | sh", s.url))
+        .env("HOME", tmp.path())
+        .env("SPRITE_INSTALL_DIR", &dir)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "install.sh: {out}{err}");
+    assert_eq!(std::fs::read(dir.join("sprite")).unwrap(), original);
+    assert!(out.contains("add it to your PATH"), "{out}");
+    assert!(out.contains(&format!("sprite login {}", s.url)), "{out}");
+}
+
+/// The exit code table of the CLI reference, one row at a time.
+#[test]
+fn exit_codes_follow_the_reference_table() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "codes", "--skip-console"]);
+    let code = |args: &[&str]| s.run_cli(args).unwrap().status.code();
+    // 0: success.
+    assert_eq!(code(&["exec", "-s", "codes", "--", "true"]), Some(0));
+    // 1: general error (here a sprite that does not exist), with one readable line.
+    let err = fails(&s, &["exec", "-s", "nosuch", "--", "true"]);
+    assert!(err.contains("nosuch"), "{err}");
+    // 2: command not found (of the CLI itself).
+    let o = s.run_cli(&["no-such-command"]).unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    // 126: the command cannot execute (not executable).
+    ok(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "codes",
+            "--",
+            "sh",
+            "-c",
+            "echo data > /tmp/plain",
+        ],
+    );
+    assert_eq!(
+        code(&["exec", "-s", "codes", "--", "/tmp/plain"]),
+        Some(126)
+    );
+    // 127: the command is not found in the sprite.
+    assert_eq!(
+        code(&["exec", "-s", "codes", "--", "no-such-program"]),
+        Some(127)
+    );
+    // 128+: terminated by a signal (TERM = 15).
+    assert_eq!(
+        code(&["exec", "-s", "codes", "--", "sh", "-c", "kill -TERM $$"]),
+        Some(128 + 15)
+    );
+    // And a command's own code passes through.
+    assert_eq!(
+        code(&["exec", "-s", "codes", "--", "sh", "-c", "exit 42"]),
+        Some(42)
+    );
+}

@@ -250,6 +250,44 @@ impl Client {
         .await
     }
 
+    /// The CLI release the server offers (`version`, else its latest, on `channel`, else
+    /// `release`). Public: needs no valid token.
+    pub async fn cli_release(
+        &self,
+        version: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<sprites_api::cli::CliRelease> {
+        let path = match version {
+            Some(v) => {
+                if v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+                {
+                    return Err(Error::Protocol(format!("invalid version {v:?}")));
+                }
+                format!("/v1/cli/{v}")
+            }
+            None => "/v1/cli/latest".to_string(),
+        };
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = channel {
+            req = req.query(&[("channel", c)]);
+        }
+        self.json(req, &[]).await
+    }
+
+    /// Downloads a file the server offers at `path` (a CLI build's `url`), whole.
+    pub async fn download(&self, path: &str) -> Result<bytes::Bytes> {
+        if !path.starts_with("/v1/") {
+            return Err(Error::Protocol(format!("not a server path: {path:?}")));
+        }
+        let resp = self
+            .send_stream(self.http.get(format!("{}{path}", self.base)), &[200])
+            .await?;
+        Ok(resp.bytes().await?)
+    }
+
     /// The org's tokens (an admin token only).
     pub async fn org_tokens(&self, org: &str) -> Result<Vec<sprites_api::OrgToken>> {
         let escaped: String = url::form_urlencoded::byte_serialize(org.as_bytes()).collect();

@@ -36,6 +36,8 @@ pub struct Config {
     pub idle: (std::time::Duration, std::time::Duration),
     /// Where sprites' disks live: the data dir, or its reflink pool.
     pub disks_root: PathBuf,
+    /// More CLI builds to offer (`<dir>/<os>-<arch>/sprite`), beside this host's own.
+    pub cli_dir: Option<PathBuf>,
 }
 
 impl Config {

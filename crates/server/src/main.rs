@@ -186,6 +186,11 @@ struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "SPRITES_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// CLI builds for other platforms, offered to `install.sh` and `sprite upgrade` beside
+    /// this host's own (the `sprite` next to spritesd): `<dir>/<os>-<arch>/sprite`, e.g.
+    /// `darwin-aarch64/sprite`, of this server's version.
+    #[arg(long, env = "SPRITES_CLI_DIR")]
+    cli_dir: Option<PathBuf>,
     /// Where the data dir's filesystem has no reflinks (ext4), keep sprite disks and
     /// checkpoint chunks in a file-backed XFS pool inside it (`auto`, the default: fast
     /// checkpoints and forks), or not (`none`). A pool once made is always used.
@@ -509,6 +514,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let disks_root = storage_root(&a)?;
     let cfg = Config {
         scheme,
+        cli_dir: a.cli_dir.clone(),
         disks_root: disks_root.clone(),
         data_dir: a.data.data_dir.clone(),
         image_dir: a.data.image_dir(),

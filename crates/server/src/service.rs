@@ -53,6 +53,8 @@ pub struct Sprites {
     pub connectors: Arc<crate::connectors::Connectors>,
     /// The MCP server and its OAuth server.
     pub mcp: Arc<sprites_mcp::Mcp>,
+    /// The CLI builds `install.sh` and `sprite upgrade` download.
+    pub cli: crate::http::cli::CliBuilds,
     /// The REST API as MCP tools call it (its router is set once built).
     pub in_process: Arc<crate::mcp::InProcess>,
     /// Inside-API servers, by sprite id.
@@ -88,6 +90,7 @@ impl Sprites {
             &cfg.object_store,
         )?);
         Ok(Self {
+            cli: crate::http::cli::CliBuilds::new(cfg.cli_dir.clone()),
             cfg,
             store,
             runtime,

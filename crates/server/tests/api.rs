@@ -292,10 +292,12 @@ async fn bad_input_gets_json_errors_and_server_keeps_serving() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let (st, e) = api.json(Method::PATCH, "/v1/sprites/taken", None).await;
     assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED, "{e}");
+    // The control connection is a WebSocket: a plain GET is a clear 400 in the JSON shape.
     let (st, e) = api
         .json(Method::GET, "/v1/sprites/taken/control", None)
         .await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"], "bad_request");
     let r = api
         .req(Method::POST, "/v1/sprites/taken/exec?cmd=true&tty=true")
         .send()

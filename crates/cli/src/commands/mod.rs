@@ -9,6 +9,7 @@ pub mod exec;
 pub mod mcp;
 pub mod proxy;
 pub mod sprites;
+pub mod upgrade;
 
 use anyhow::Result;
 
@@ -95,6 +96,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Cmd::Api { path, curl_args } => api::api(&ctx, &path, &curl_args),
                 Cmd::Proxy { ports, stdio } => proxy::proxy(&ctx, &ports, stdio).await,
                 Cmd::Cp { src, dest } => cp::cp(&ctx, &src, &dest).await,
+                Cmd::Upgrade {
+                    check,
+                    force,
+                    version,
+                    channel,
+                } => upgrade::upgrade(&ctx, check, force, version, channel).await,
                 _ => unreachable!("handled above"),
             }
         }

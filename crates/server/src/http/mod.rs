@@ -2,6 +2,7 @@
 //! result to a response.
 
 mod checkpoints;
+pub(crate) mod cli;
 mod connectors;
 mod control;
 pub(crate) use checkpoints::ndjson;
@@ -142,6 +143,11 @@ fn build(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // CLI downloads are public, as the official install script is (no token yet).
+        .route("/install.sh", get(cli::install_sh))
+        .route("/v1/cli/latest", get(cli::latest))
+        .route("/v1/cli/{version}", get(cli::version))
+        .route("/v1/cli/{version}/{platform}/sprite", get(cli::download))
         // The gateway answers only on each sprite's own listener; here, nobody is a sprite.
         .route(
             "/v1/gateway/{*rest}",

@@ -6,6 +6,7 @@
 mod commands;
 mod config;
 mod context;
+mod progress;
 mod terminal;
 
 use clap::{Args, Parser, Subcommand};
@@ -89,10 +90,20 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Set the sprite for this directory (writes .sprite).
+    /// Set the sprite for this directory (writes .sprite); with no name, pick one.
+    ///
+    /// Examples:
+    ///   sprite use my-sprite
+    ///   sprite use            # pick from a numbered list (on a terminal)
+    ///   sprite use --unset    # forget this directory's sprite
+    #[command(verbatim_doc_comment)]
     Use {
-        /// Sprite name.
-        name: String,
+        /// Sprite name (none: pick from a list).
+        #[arg(conflicts_with = "unset")]
+        name: Option<String>,
+        /// Remove this directory's .sprite.
+        #[arg(long)]
+        unset: bool,
     },
     /// List sprites.
     #[command(visible_alias = "ls")]
@@ -585,8 +596,79 @@ pub enum UrlCmd {
     },
 }
 
+/// The docs write some flags Go-style, with one dash (`sprite exec -tty vim`,
+/// `sprite exec -detachable "npm run dev"`); they mean the long flags. Rewritten only among
+/// the CLI's own options: after `--`, or once the command to run in the sprite starts, the
+/// arguments stay as typed.
+fn go_style_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const LONG: &[&str] = &[
+        "-tty",
+        "-detachable",
+        "-http-post",
+        "-skip-console",
+        "-include-auto",
+        "-force",
+        "-check",
+        "-watch",
+    ];
+    const TAKES_VALUE: &[&str] = &[
+        "-s",
+        "--sprite",
+        "-o",
+        "--org",
+        "--dir",
+        "-dir",
+        "--env",
+        "-env",
+        "--file",
+        "-file",
+        "--history",
+        "--comment",
+        "--prefix",
+        "--from",
+        "--template",
+        "--version",
+        "--channel",
+        "-a",
+        "--auth",
+    ];
+    let mut out = Vec::with_capacity(args.len());
+    let (mut words, mut exec, mut value_next, mut done) = (0, false, false, false);
+    for (i, a) in args.into_iter().enumerate() {
+        let s = a.to_string_lossy().into_owned();
+        if i == 0 || done {
+            out.push(a);
+            continue;
+        }
+        if value_next {
+            value_next = false;
+            out.push(a);
+            continue;
+        }
+        if s == "--" {
+            done = true;
+        } else if LONG.contains(&s.as_str()) || ["-dir", "-env", "-file"].contains(&s.as_str()) {
+            value_next = TAKES_VALUE.contains(&s.as_str());
+            out.push(format!("-{s}").into());
+            continue;
+        } else if TAKES_VALUE.contains(&s.as_str()) {
+            value_next = true;
+        } else if !s.starts_with('-') {
+            words += 1;
+            if words == 1 {
+                exec = matches!(s.as_str(), "exec" | "x");
+            } else if exec {
+                // The sprite's command starts here.
+                done = true;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(go_style_flags(std::env::args_os().collect()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -619,4 +701,40 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_style_flags;
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        go_style_flags(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_long_flags_before_the_sprites_command_only() {
+        assert_eq!(
+            rewrite(&["sprite", "exec", "-tty", "vim", "-tty"]),
+            ["sprite", "exec", "--tty", "vim", "-tty"]
+        );
+        assert_eq!(
+            rewrite(&["sprite", "-s", "box", "exec", "-detachable", "npm run dev"]),
+            ["sprite", "-s", "box", "exec", "--detachable", "npm run dev"]
+        );
+        assert_eq!(
+            rewrite(&["sprite", "exec", "-dir", "/app", "ls", "-force"]),
+            ["sprite", "exec", "--dir", "/app", "ls", "-force"]
+        );
+        assert_eq!(
+            rewrite(&["sprite", "exec", "--", "-tty"]),
+            ["sprite", "exec", "--", "-tty"]
+        );
+        assert_eq!(
+            rewrite(&["sprite", "checkpoint", "list", "-include-auto"]),
+            ["sprite", "checkpoint", "list", "--include-auto"]
+        );
+    }
 }

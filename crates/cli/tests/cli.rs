@@ -969,3 +969,98 @@ fn exit_codes_follow_the_reference_table() {
         Some(42)
     );
 }
+
+/// Prompts on a terminal (`sprite create` and `sprite use` with no name), a clear error in a
+/// pipe; `use --unset`; `exec -detachable` as the docs write it; progress only on a terminal.
+#[test]
+fn prompts_detachable_sessions_and_progress() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    // In a pipe: no prompt, one readable line.
+    let err = fails(&s, &["create"]);
+    assert!(err.contains("sprite create NAME"), "{err}");
+    let err = fails(&s, &["use"]);
+    assert!(err.contains("sprite use NAME"), "{err}");
+
+    let session = format!("sprites-prompt-{}", std::process::id());
+    let work = s.home.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let sprite = sprites_testing::bin_dir().join("sprite");
+    let cmdline = format!(
+        "cd {} && export HOME={} SPRITES_API_URL={} TERM=xterm && {sp} create --skip-console; \
+         {sp} create --skip-console other; {sp} use; echo USE-EXIT=$?; \
+         {sp} checkpoint create -s prompted; echo CK-EXIT=$?; sleep 30",
+        work.display(),
+        s.home.display(),
+        s.url,
+        sp = sprite.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmdline,
+    ]);
+    let _guard = scopeguard(session.clone());
+    wait_screen(&session, "Name of the new sprite:");
+    tmux(&["send-keys", "-t", &session, "prompted", "Enter"]);
+    wait_screen(&session, "Created sprite prompted");
+    let screen = wait_screen(&session, "Use which sprite? [1-2]");
+    assert!(
+        screen.contains("other") && screen.contains("prompted"),
+        "{screen}"
+    );
+    // The list is sorted by name: 1) other 2) prompted.
+    tmux(&["send-keys", "-t", &session, "2", "Enter"]);
+    wait_screen(&session, "USE-EXIT=0");
+    let local = std::fs::read_to_string(work.join(".sprite")).unwrap();
+    assert!(local.contains("\"prompted\""), "{local}");
+    wait_screen(&session, "CK-EXIT=0");
+
+    // In a pipe a checkpoint prints its result only, no progress.
+    let o = s
+        .run_cli(&["checkpoint", "create", "-s", "prompted"])
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("Checkpoint created: v"), "{out}");
+    assert_eq!(err, "", "nothing on stderr in a pipe");
+
+    // `use --unset` forgets the directory's sprite.
+    let o = s
+        .cli()
+        .current_dir(&work)
+        .args(["use", "--unset"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!work.join(".sprite").exists());
+
+    // `-detachable "cmd string"`, Go-style as the docs write it: returns at once, the
+    // session keeps running and serving.
+    let out = ok(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "prompted",
+            "-detachable",
+            "python3 -m http.server 8089 --bind 127.0.0.1",
+        ],
+    );
+    assert!(out.starts_with("Started session "), "{out}");
+    let id = out.split_whitespace().nth(2).unwrap().to_string();
+    let probe = "for i in $(seq 100); do python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8089/\")' 2>/dev/null && echo up && break; sleep 0.1; done";
+    assert_eq!(
+        ok(&s, &["exec", "-s", "prompted", "--", "sh", "-c", probe]),
+        "up\n"
+    );
+    let list = ok(&s, &["sessions", "list", "-s", "prompted"]);
+    assert!(list.contains(&id) && list.contains("http.server"), "{list}");
+    ok(&s, &["sessions", "kill", "-s", "prompted", &id]);
+}

@@ -4,24 +4,32 @@ use anyhow::Result;
 
 use crate::context::{friendly, Ctx};
 
-fn show_progress(ev: &sprites::api::checkpoint::StreamEvent) {
-    if ev.kind == "info" {
-        if let Some(d) = &ev.data {
-            eprintln!("{d}");
-        }
+/// Runs a checkpoint or restore to its end, its progress events as one live line on a
+/// terminal (nothing in a pipe, where only the result is printed).
+async fn follow(progress: sprites::Progress, what: &str) -> Result<String> {
+    let bar = crate::progress::spinner(what);
+    let done = progress
+        .finish(|ev| {
+            if let (Some(bar), "info", Some(d)) = (&bar, ev.kind.as_str(), &ev.data) {
+                bar.set_message(d.clone());
+            }
+        })
+        .await
+        .map_err(friendly);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    done
 }
 
 /// `sprite checkpoint create [--comment TEXT]`.
 pub async fn create(ctx: &Ctx, comment: Option<String>) -> Result<i32> {
     let sprite = ctx.sprite()?;
-    let done = sprite
+    let progress = sprite
         .create_checkpoint(comment.as_deref())
         .await
-        .map_err(friendly)?
-        .finish(show_progress)
-        .await
         .map_err(friendly)?;
+    let done = follow(progress, "Checkpointing").await?;
     // "Checkpoint v3 created successfully" → "Checkpoint created: v3", as the official CLI says.
     match done.split_whitespace().nth(1) {
         Some(id) if sprites::api::checkpoint::is_version_id(id) => {
@@ -82,14 +90,12 @@ pub async fn delete(ctx: &Ctx, id: &str) -> Result<i32> {
 
 /// `sprite restore ID`.
 pub async fn restore(ctx: &Ctx, id: &str) -> Result<i32> {
-    let done = ctx
+    let progress = ctx
         .sprite()?
         .restore_checkpoint(id)
         .await
-        .map_err(friendly)?
-        .finish(show_progress)
-        .await
         .map_err(friendly)?;
+    let done = follow(progress, &format!("Restoring {id}")).await?;
     println!("{done}");
     Ok(0)
 }

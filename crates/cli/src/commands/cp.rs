@@ -74,10 +74,19 @@ async fn upload(ctx: &Ctx, local: &Path, remote: &str) -> Result<()> {
             .await
             .with_context(|| format!("cannot read {}", local.display()))?;
         let mode = meta.permissions().mode() & 0o7777;
-        sprite
-            .write_stream(&target, file, Some(mode))
-            .await
-            .map_err(friendly)?;
+        let bar = crate::progress::bytes(Some(meta.len()), &format!("{} →", local.display()));
+        let written = match &bar {
+            Some(b) => {
+                sprite
+                    .write_stream(&target, b.wrap_async_read(file), Some(mode))
+                    .await
+            }
+            None => sprite.write_stream(&target, file, Some(mode)).await,
+        };
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        written.map_err(friendly)?;
     }
     Ok(())
 }
@@ -108,11 +117,18 @@ async fn download(ctx: &Ctx, remote: &str, local: &Path) -> Result<()> {
     let mut file = tokio::fs::File::create(&target)
         .await
         .with_context(|| format!("cannot write {}", target.display()))?;
+    let bar = crate::progress::bytes(Some(info.size), &format!("→ {}", target.display()));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(friendly)?;
         file.write_all(&chunk)
             .await
             .with_context(|| format!("writing {}", target.display()))?;
+        if let Some(b) = &bar {
+            b.inc(chunk.len() as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     file.flush().await?;
     if let Ok(mode) = u32::from_str_radix(&info.mode, 8) {

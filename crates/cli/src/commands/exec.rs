@@ -29,6 +29,11 @@ pub struct ExecArgs {
     /// Upload file before exec, LOCAL:REMOTE (repeatable).
     #[arg(long, value_name = "LOCAL:REMOTE")]
     file: Vec<String>,
+    /// Start the command as a detachable session and return at once, leaving it running
+    /// (`sprite sessions attach ID` shows its output). A single argument with spaces runs
+    /// through bash: `sprite exec --detachable "python -m http.server 8080"`.
+    #[arg(long, conflicts_with = "http_post")]
+    detachable: bool,
     /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -55,12 +60,33 @@ pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>> {
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
     let sprite = ctx.sprite()?;
     crate::commands::cp::upload_files(&sprite, &a.file, a.dir.as_deref()).await?;
-    let mut cmd = sprite.command(&a.command[0], a.command[1..].iter().cloned());
+    let argv: Vec<String> = if a.detachable && a.command.len() == 1 && a.command[0].contains(' ') {
+        vec!["bash".into(), "-lc".into(), a.command[0].clone()]
+    } else {
+        a.command.clone()
+    };
+    let mut cmd = sprite.command(&argv[0], argv[1..].iter().cloned());
     for (k, v) in parse_env(&a.env)? {
         cmd = cmd.env(k, v);
     }
     if let Some(d) = a.dir {
         cmd = cmd.current_dir(d);
+    }
+    if a.detachable {
+        // A TTY session: it outlives its client and keeps its output for whoever attaches.
+        let (cols, rows) = terminal::size();
+        let child = cmd.tty(cols, rows).spawn().await.map_err(friendly)?;
+        let id = child.session_id.clone();
+        child.detach().await.map_err(friendly)?;
+        println!(
+            "Started session {id} in sprite {}: {}",
+            sprite.name(),
+            argv.join(" ")
+        );
+        eprintln!(
+            "`sprite sessions attach {id}` shows its output; `sprite sessions kill {id}` ends it."
+        );
+        return Ok(0);
     }
     if a.tty {
         if a.http_post {

@@ -57,7 +57,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     cold_after,
                     default_idle,
                 } => sprites::update_idle(&ctx, warm_after, cold_after, default_idle).await,
-                Cmd::Use { name } => sprites::use_sprite(&ctx, &name).await,
+                Cmd::Use { name, unset } => sprites::use_sprite(&ctx, name, unset).await,
                 Cmd::List { prefix, watch } => sprites::list(&ctx, prefix, watch).await,
                 Cmd::Destroy { name, force } => sprites::destroy(&ctx, name, force).await,
                 Cmd::Url { cmd } => sprites::url(&ctx, cmd).await,
@@ -116,4 +116,14 @@ pub fn confirm(question: &str) -> Result<bool> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// Asks for one line on the terminal (the question on stderr); the answer trimmed.
+pub fn ask(question: &str) -> Result<String> {
+    use std::io::Write;
+    eprint!("{question}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim().to_string())
 }

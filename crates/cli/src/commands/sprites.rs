@@ -28,7 +28,11 @@ pub async fn create(
     from: Option<String>,
     template: Option<String>,
 ) -> Result<i32> {
-    let name = ctx.sprite_name(name)?;
+    let name = match ctx.sprite_name(name) {
+        Ok(n) => n,
+        Err(_) if crate::terminal::stdin_is_tty() => super::ask("Name of the new sprite: ")?,
+        Err(_) => bail!("name the new sprite: `sprite create NAME`"),
+    };
     if let Err(m) = sprites_api::names::validate_sprite_name(&name) {
         bail!("{m}");
     }
@@ -54,9 +58,41 @@ pub async fn create(
     Ok(0)
 }
 
-/// `sprite use NAME`: writes `.sprite` in the current directory.
-pub async fn use_sprite(ctx: &Ctx, name: &str) -> Result<i32> {
-    ctx.client()?.get_sprite(name).await.map_err(friendly)?;
+/// `sprite use [NAME] [--unset]`: with no name, a pick from the org's sprites (on a terminal).
+pub async fn use_sprite(ctx: &Ctx, name: Option<String>, unset: bool) -> Result<i32> {
+    if unset {
+        match std::fs::remove_file(".sprite") {
+            Ok(()) => println!("No sprite set for this directory any more (.sprite removed)."),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                println!("No sprite was set for this directory.")
+            }
+            Err(e) => return Err(e).context("removing .sprite"),
+        }
+        return Ok(0);
+    }
+    let client = ctx.client()?;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            if !crate::terminal::stdin_is_tty() {
+                bail!("name the sprite (`sprite use NAME`), or run this in a terminal to pick one");
+            }
+            let all = client.list_all_sprites(None).await.map_err(friendly)?;
+            if all.is_empty() {
+                bail!("the org has no sprites yet: `sprite create NAME` makes one");
+            }
+            for (i, s) in all.iter().enumerate() {
+                eprintln!("{:>3}) {}\t{}", i + 1, s.name, s.status.as_str());
+            }
+            let answer = super::ask(&format!("Use which sprite? [1-{}] ", all.len()))?;
+            match answer.parse::<usize>() {
+                Ok(i) if (1..=all.len()).contains(&i) => all[i - 1].name.clone(),
+                _ if all.iter().any(|s| s.name == answer) => answer,
+                _ => bail!("{answer:?} is not one of the {} sprites listed", all.len()),
+            }
+        }
+    };
+    client.get_sprite(&name).await.map_err(friendly)?;
     let local = Local {
         organization: ctx.org.clone(),
         sprite: name.to_string(),

@@ -229,18 +229,7 @@ fn console_detach_and_reattach_in_a_terminal() {
         "env {env} {} console -s term; echo CONSOLE-EXIT=$?; sleep 30",
         sprite.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &cmdline,
-    ]);
-    let guard = scopeguard(session.clone());
+    let guard = terminal(&session, 30, &cmdline);
     wait_screen(&session, "sprite@term");
     tmux(&[
         "send-keys",
@@ -267,22 +256,27 @@ fn console_detach_and_reattach_in_a_terminal() {
         "env {env} {} attach -s term; echo ATTACH-EXIT=$?; sleep 30",
         sprite.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session2,
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &cmdline,
-    ]);
-    let _guard2 = scopeguard(session2.clone());
+    let _guard2 = terminal(&session2, 30, &cmdline);
     wait_screen(&session2, "typed-42");
     tmux(&["send-keys", "-t", &session2, "exit 3", "Enter"]);
     wait_screen(&session2, "ATTACH-EXIT=3");
     drop(guard);
+}
+
+/// A detached tmux session `name`, 120 columns by `rows`, running `cmdline`; killed on drop.
+fn terminal(name: &str, rows: u16, cmdline: &str) -> TmuxGuard {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        name,
+        "-x",
+        "120",
+        "-y",
+        &rows.to_string(),
+        cmdline,
+    ]);
+    TmuxGuard(name.to_string())
 }
 
 struct TmuxGuard(String);
@@ -290,9 +284,6 @@ impl Drop for TmuxGuard {
     fn drop(&mut self) {
         tmux(&["kill-session", "-t", &self.0]);
     }
-}
-fn scopeguard(name: String) -> TmuxGuard {
-    TmuxGuard(name)
 }
 
 #[test]
@@ -995,18 +986,7 @@ fn prompts_detachable_sessions_and_progress() {
         s.url,
         sp = sprite.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmdline,
-    ]);
-    let _guard = scopeguard(session.clone());
+    let _guard = terminal(&session, 40, &cmdline);
     wait_screen(&session, "Name of the new sprite:");
     tmux(&["send-keys", "-t", &session, "prompted", "Enter"]);
     wait_screen(&session, "Created sprite prompted");

@@ -21,8 +21,19 @@ pub struct Config {
     /// Orgs by API URL.
     #[serde(default)]
     pub urls: BTreeMap<String, UrlEntry>,
+    /// Short names of API URLs (`sprite org auth -o ALIAS:ORG URL`, then `-o ALIAS:ORG`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub url_aliases: BTreeMap<String, String>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
+}
+
+/// An `-o` value: `ORG`, or `ALIAS:ORG` (an org at the API URL saved as ALIAS).
+pub fn split_org(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once(':') {
+        Some((alias, org)) if !alias.is_empty() => (Some(alias), org),
+        _ => (None, spec),
+    }
 }
 
 fn one() -> String {
@@ -144,6 +155,19 @@ impl Config {
             org: slug.clone(),
         };
         Ok(slug)
+    }
+
+    /// A URL as given, or the URL saved under that alias (anything without `://`).
+    pub fn resolve_url(&self, url_or_alias: &str) -> Result<String> {
+        if url_or_alias.contains("://") {
+            return Ok(url_or_alias.trim_end_matches('/').to_string());
+        }
+        match self.url_aliases.get(url_or_alias) {
+            Some(u) => Ok(u.clone()),
+            None => bail!(
+                "{url_or_alias:?} is neither a URL nor a saved alias (`sprite org auth -o {url_or_alias}:ORG URL` saves one)"
+            ),
+        }
     }
 
     /// The token stored for `org` at `url`.

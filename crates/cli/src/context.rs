@@ -18,7 +18,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Resolves flags, `SPRITES_API_URL`, `SPRITE_ORG`, `SPRITE_TOKEN`, `.sprite` and the config.
+    /// Resolves flags (`-o ALIAS:ORG` too), `SPRITE_URL`, `SPRITES_API_URL`, `SPRITE_ORG`,
+    /// `SPRITE_TOKEN`, `.sprite` and the config.
     pub fn resolve(org_flag: Option<String>, sprite_flag: Option<String>) -> Result<Self> {
         let home = config::home()?;
         let cfg = Config::load(&home)?;
@@ -26,9 +27,15 @@ impl Ctx {
             .ok()
             .and_then(|d| config::find_local(&d))
             .map(|(_, l)| l);
-        let url = std::env::var("SPRITES_API_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
+        // `-o ALIAS:ORG` names the API URL too.
+        let (alias_url, org_flag) = match org_flag.as_deref().map(config::split_org) {
+            Some((Some(alias), org)) => (Some(cfg.resolve_url(alias)?), Some(org.to_string())),
+            _ => (None, org_flag),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|u| !u.is_empty());
+        let url = alias_url
+            .or_else(|| env("SPRITE_URL"))
+            .or_else(|| env("SPRITES_API_URL"))
             .or_else(|| Some(cfg.current_selection.url.clone()).filter(|u| !u.is_empty()))
             .unwrap_or_else(|| config::DEFAULT_URL.to_string())
             .trim_end_matches('/')

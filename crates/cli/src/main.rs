@@ -33,30 +33,60 @@ pub struct Cli {
 pub enum ImageCmd {
     /// Move the sprite to the server's newest base image; what it changed on its disk stays
     /// (a running sprite reboots for it).
+    ///
+    /// Examples:
+    ///   sprite image upgrade
+    #[command(verbatim_doc_comment)]
     Upgrade,
 }
 
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Log in to an API endpoint with a token (prompts for it).
+    ///
+    /// Examples:
+    ///   sprite login
+    ///   sprite login http://sprites.internal:7780
+    #[command(verbatim_doc_comment)]
     Login {
         /// API URL (default: $SPRITES_API_URL, else the current one, else http://127.0.0.1:7780).
         api_url: Option<String>,
     },
     /// Remove all Sprites configuration.
+    ///
+    /// Examples:
+    ///   sprite logout
+    #[command(verbatim_doc_comment)]
     Logout,
     /// Non-interactive authentication.
+    ///
+    /// Examples:
+    ///   sprite auth setup --token "$SPRITE_TOKEN"
+    #[command(verbatim_doc_comment)]
     Auth {
         #[command(subcommand)]
         cmd: AuthCmd,
     },
     /// Manage organizations and tokens.
+    ///
+    /// Examples:
+    ///   sprite org list
+    ///   sprite org auth -o prod:acme https://sprites.example.com
+    ///   sprite org tokens create --description ci
+    #[command(verbatim_doc_comment)]
     #[command(visible_aliases = ["orgs", "organizations", "o"])]
     Org {
         #[command(subcommand)]
         cmd: OrgCmd,
     },
     /// Create a sprite.
+    ///
+    /// Examples:
+    ///   sprite create my-sprite
+    ///   sprite create            # asks for a name (on a terminal)
+    ///   sprite create b --from a:v3
+    ///   sprite create x --template python-ml --skip-console
+    #[command(verbatim_doc_comment)]
     Create {
         /// Name (or -s).
         name: Option<String>,
@@ -82,6 +112,12 @@ pub enum Cmd {
         cmd: TemplatesCmd,
     },
     /// Put the sprite to sleep now: frozen with its memory kept, or stopped with --cold.
+    ///
+    /// Examples:
+    ///   sprite sleep
+    ///   sprite sleep --cold
+    ///   sprite sleep -s busy --force
+    #[command(verbatim_doc_comment)]
     Sleep {
         /// Stop it (nothing kept in memory) instead of freezing it.
         #[arg(long)]
@@ -106,7 +142,12 @@ pub enum Cmd {
         unset: bool,
     },
     /// List sprites.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite list
+    ///   sprite list --prefix "dev-"
+    ///   sprite list -w             # live updates
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List {
         /// Only names starting with this.
         #[arg(long)]
@@ -133,6 +174,11 @@ pub enum Cmd {
         default_idle: bool,
     },
     /// Destroy a sprite and everything it holds.
+    ///
+    /// Examples:
+    ///   sprite destroy -s my-sprite
+    ///   sprite destroy my-sprite --force
+    #[command(verbatim_doc_comment)]
     #[command(visible_aliases = ["delete", "rm"])]
     Destroy {
         /// Name (or -s / .sprite).
@@ -142,28 +188,71 @@ pub enum Cmd {
         force: bool,
     },
     /// Run a command in the sprite.
-    #[command(visible_alias = "x")]
+    ///
+    /// When using --tty, terminal environment variables (TERM, COLORTERM, LANG, LC_ALL) are
+    /// passed through from your local environment. Use `sprite sessions` to list, attach to,
+    /// or kill running sessions.
+    ///
+    /// Examples:
+    ///   sprite exec ls -la
+    ///   sprite exec --dir /app echo hello world
+    ///   sprite exec --env KEY=value,FOO=bar env
+    ///   sprite exec --tty /bin/bash
+    ///   sprite exec -o myorg -s mysprite npm start
+    ///   sprite exec --detachable "python -m http.server 8080"
+    #[command(verbatim_doc_comment, visible_alias = "x")]
     Exec(commands::exec::ExecArgs),
     /// Open an interactive shell in the sprite (Ctrl+\ detaches).
-    #[command(visible_alias = "c")]
+    ///
+    /// Examples:
+    ///   sprite console
+    ///   sprite console -o myorg -s mysprite
+    #[command(verbatim_doc_comment, visible_alias = "c")]
     Console,
     /// List, attach to and kill exec sessions.
-    #[command(visible_alias = "s")]
+    ///
+    /// Examples:
+    ///   sprite sessions list
+    ///   sprite s ls
+    ///   sprite sessions attach 3
+    ///   sprite sessions kill 3
+    #[command(verbatim_doc_comment, visible_alias = "s")]
     Sessions {
         #[command(subcommand)]
         cmd: SessionsCmd,
     },
     /// Attach to a running session (the most recent TTY session if no id is given).
+    ///
+    /// Examples:
+    ///   sprite attach
+    ///   sprite attach 3 -s my-sprite
+    #[command(verbatim_doc_comment)]
     Attach {
         /// Session id.
         id: Option<String>,
     },
     /// Show or change the sprite's URL settings.
+    ///
+    /// Examples:
+    ///   sprite url                          # the URL and its auth mode
+    ///   sprite url update --auth public
+    ///   sprite url update --auth sprite
+    ///   sprite url -o myorg -s mysprite
+    #[command(verbatim_doc_comment)]
     Url {
         #[command(subcommand)]
         cmd: Option<UrlCmd>,
     },
     /// Forward local ports to the sprite (3000, 3001:3000, ...), or stdio with -W.
+    ///
+    /// Examples:
+    ///   sprite proxy 8080
+    ///   sprite proxy 3000 8080
+    ///   sprite proxy 4005:4000
+    ///   sprite proxy 3001:3000 8081:8080
+    ///   sprite proxy -W :22
+    ///   sprite proxy -o myorg -s mysprite 8080
+    #[command(verbatim_doc_comment)]
     Proxy {
         /// PORT or LOCAL:REMOTE, one or more.
         ports: Vec<String>,
@@ -182,18 +271,38 @@ pub enum Cmd {
         cmd: Option<ImageCmd>,
     },
     /// Save, list and manage checkpoints of the sprite's disk.
-    #[command(visible_alias = "checkpoints")]
+    ///
+    /// Examples:
+    ///   sprite checkpoint create --comment "before upgrade"
+    ///   sprite checkpoint list
+    ///   sprite checkpoint info v2
+    ///   sprite restore v1
+    #[command(verbatim_doc_comment, visible_alias = "checkpoints")]
     Checkpoint {
         #[command(subcommand)]
         cmd: CheckpointCmd,
     },
     /// Restore the sprite from a checkpoint (its processes stop; it boots on that disk).
+    ///
+    /// Examples:
+    ///   sprite restore v1
+    ///   sprite restore -o myorg -s mysprite v2
+    ///
+    ///   # Safe restore workflow
+    ///   sprite checkpoint create --comment "before rollback"
+    ///   sprite restore v1
+    #[command(verbatim_doc_comment)]
     Restore {
         /// Checkpoint id, such as v1.
         id: String,
     },
-    /// Copy files or directories to or from the sprite; the sprite's side starts with ':'
-    /// (sprite cp ./src :/home/sprite/src, sprite cp :/etc/hostname ./h).
+    /// Copy files or directories to or from the sprite; the sprite's side starts with ':'.
+    ///
+    /// Examples:
+    ///   sprite cp ./src :/home/sprite/src
+    ///   sprite cp :/etc/hostname ./h
+    ///   sprite cp -s my-sprite ./data.csv :
+    #[command(verbatim_doc_comment)]
     Cp {
         /// Source: a local path, or :PATH in the sprite.
         src: String,
@@ -277,6 +386,13 @@ pub enum Cmd {
         cmd: Option<McpCmd>,
     },
     /// Make an authenticated API call with curl; arguments after PATH go to curl.
+    ///
+    /// Examples:
+    ///   sprite api -o myorg /sprites
+    ///   sprite api -o myorg -s my-sprite /upgrade -X POST
+    ///   sprite api -o myorg -s my-sprite /exec -X GET
+    ///   sprite api -o myorg -s my-sprite /checkpoints
+    #[command(verbatim_doc_comment)]
     Api {
         /// Path, relative to /v1/ (or to /v1/sprites/<name>/ with -s).
         path: String,
@@ -309,7 +425,11 @@ pub struct PolicyArgs {
 #[derive(Subcommand)]
 pub enum ConnectorsCmd {
     /// List the org's connectors.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite connectors list
+    ///   sprite connectors list --provider anthropic --json
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List {
         /// Only this provider's.
         #[arg(long)]
@@ -319,6 +439,11 @@ pub enum ConnectorsCmd {
         json: bool,
     },
     /// Show one connector, its policy and usage.
+    ///
+    /// Examples:
+    ///   sprite connectors get conn_abc
+    ///   sprite connectors get conn_abc --json
+    #[command(verbatim_doc_comment)]
     Get {
         /// Connector id (conn_...).
         id: String,
@@ -327,6 +452,11 @@ pub enum ConnectorsCmd {
         json: bool,
     },
     /// Store an API key (or a custom API) as a connector.
+    ///
+    /// Examples:
+    ///   sprite connectors create --provider anthropic --api-key-file key.txt --label ai
+    ///   sprite connectors create --provider custom_api --name weather --base-url https://api.example.com/v2 --auth-in query --auth-name key --api-key-file key.txt --test-path /me
+    #[command(verbatim_doc_comment)]
     Create {
         /// openrouter, anthropic, openai or custom_api.
         #[arg(long)]
@@ -359,6 +489,12 @@ pub enum ConnectorsCmd {
         policy: PolicyArgs,
     },
     /// Change a connector's policy (the flags given) or rotate its key.
+    ///
+    /// Examples:
+    ///   sprite connectors update conn_abc --block '/admin*'
+    ///   sprite connectors update conn_abc --api-key-file new-key.txt
+    ///   sprite connectors update conn_abc --replace --allow-all
+    #[command(verbatim_doc_comment)]
     Update {
         /// Connector id.
         id: String,
@@ -372,17 +508,29 @@ pub enum ConnectorsCmd {
         policy: PolicyArgs,
     },
     /// Delete a connector; its credential is destroyed at once.
-    #[command(visible_alias = "rm")]
+    ///
+    /// Examples:
+    ///   sprite connectors delete conn_abc
+    #[command(verbatim_doc_comment, visible_alias = "rm")]
     Delete {
         /// Connector id.
         id: String,
     },
     /// The sprites a connector's policy grants now.
+    ///
+    /// Examples:
+    ///   sprite connectors sprites conn_abc
+    #[command(verbatim_doc_comment)]
     Sprites {
         /// Connector id.
         id: String,
     },
     /// Connect an OAuth provider (github, slack, slack_bot): prints the URL to open.
+    ///
+    /// Examples:
+    ///   sprite connectors authorize github
+    ///   sprite connectors authorize slack --scopes channels:read,chat:write
+    #[command(verbatim_doc_comment)]
     Authorize {
         /// Provider.
         provider: String,
@@ -398,9 +546,17 @@ pub enum ConnectorsCmd {
 #[derive(Subcommand)]
 pub enum TemplatesCmd {
     /// List the org's templates.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite templates list
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
     /// Make (or replace) a template from a sprite's checkpoint, or from it as it is now.
+    ///
+    /// Examples:
+    ///   sprite templates create python-ml --from golden:v3
+    ///   sprite templates create base --from golden
+    #[command(verbatim_doc_comment)]
     Create {
         /// Template name.
         name: String,
@@ -409,7 +565,10 @@ pub enum TemplatesCmd {
         from: String,
     },
     /// Delete a template (sprites made from it keep their disks).
-    #[command(visible_alias = "rm")]
+    ///
+    /// Examples:
+    ///   sprite templates delete python-ml
+    #[command(verbatim_doc_comment, visible_alias = "rm")]
     Delete {
         /// Template name.
         name: String,
@@ -419,6 +578,11 @@ pub enum TemplatesCmd {
 #[derive(Subcommand)]
 pub enum McpCmd {
     /// Make a grant and its bearer token for an MCP client that cannot sign in with OAuth.
+    ///
+    /// Examples:
+    ///   sprite mcp token --prefix agent- --max 3
+    ///   sprite mcp token --full
+    #[command(verbatim_doc_comment)]
     Token {
         /// Full access to every sprite of the org.
         #[arg(long, conflicts_with = "restricted")]
@@ -434,6 +598,11 @@ pub enum McpCmd {
         max: u32,
     },
     /// List the org's MCP grants, or revoke one.
+    ///
+    /// Examples:
+    ///   sprite mcp grants
+    ///   sprite mcp grants revoke mcpg_abc
+    #[command(verbatim_doc_comment)]
     Grants {
         #[command(subcommand)]
         cmd: Option<GrantsCmd>,
@@ -443,6 +612,10 @@ pub enum McpCmd {
 #[derive(Subcommand)]
 pub enum GrantsCmd {
     /// Revoke a grant: its tokens stop working at once.
+    ///
+    /// Examples:
+    ///   sprite mcp grants revoke mcpg_abc
+    #[command(verbatim_doc_comment)]
     Revoke {
         /// Grant id (mcpg_...).
         id: String,
@@ -452,13 +625,20 @@ pub enum GrantsCmd {
 #[derive(Subcommand)]
 pub enum LabelsCmd {
     /// Add labels.
+    ///
+    /// Examples:
+    ///   sprite labels add ai ci
+    #[command(verbatim_doc_comment)]
     Add {
         /// Labels.
         #[arg(required = true)]
         labels: Vec<String>,
     },
     /// Remove labels.
-    #[command(visible_alias = "rm")]
+    ///
+    /// Examples:
+    ///   sprite labels remove ci
+    #[command(verbatim_doc_comment, visible_alias = "rm")]
     Remove {
         /// Labels.
         #[arg(required = true)]
@@ -469,6 +649,10 @@ pub enum LabelsCmd {
 #[derive(Subcommand)]
 pub enum AuthCmd {
     /// Store a pre-generated token (org-slug/org-id/token-id/secret).
+    ///
+    /// Examples:
+    ///   sprite auth setup --token personal/ab12cd/tok123/secret
+    #[command(verbatim_doc_comment)]
     Setup {
         /// The token.
         #[arg(long)]
@@ -479,17 +663,33 @@ pub enum AuthCmd {
 #[derive(Subcommand)]
 pub enum OrgCmd {
     /// Show configured tokens.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite org list
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
     /// Remove tokens (of -o ORG, else of the current API URL).
+    ///
+    /// Examples:
+    ///   sprite org logout
+    ///   sprite org logout -o my-team --force
+    #[command(verbatim_doc_comment)]
     Logout {
         /// Skip the confirmation.
         #[arg(long)]
         force: bool,
     },
-    /// Add a token for an API URL (prompts for it).
+    /// Add a token for an API URL (prompts for it); `-o ALIAS:ORG` also saves ALIAS as a
+    /// short name of the URL, for `-o ALIAS:ORG` in later commands.
+    ///
+    /// Examples:
+    ///   sprite org auth http://sprites.internal:7780
+    ///   sprite org auth -o prod:acme https://sprites.example.com
+    ///   sprite org auth prod            # the URL saved as "prod"
+    ///   sprite list -o prod:acme
+    #[command(verbatim_doc_comment)]
     Auth {
-        /// API URL.
+        /// API URL, or an alias saved earlier.
         api_url: Option<String>,
     },
     /// Mint, list and revoke the org's tokens (with an admin token).
@@ -508,9 +708,17 @@ pub enum OrgCmd {
 #[derive(Subcommand)]
 pub enum TokensCmd {
     /// List the org's tokens.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite org tokens list
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
     /// Mint a token.
+    ///
+    /// Examples:
+    ///   sprite org tokens create --description ci
+    ///   sprite org tokens create --admin
+    #[command(verbatim_doc_comment)]
     Create {
         /// What it is for.
         #[arg(long, default_value = "")]
@@ -520,7 +728,10 @@ pub enum TokensCmd {
         admin: bool,
     },
     /// Revoke a token.
-    #[command(visible_alias = "rm")]
+    ///
+    /// Examples:
+    ///   sprite org tokens revoke tokabc123
+    #[command(verbatim_doc_comment, visible_alias = "rm")]
     Revoke {
         /// Token id (tok...).
         id: String,
@@ -530,14 +741,27 @@ pub enum TokensCmd {
 #[derive(Subcommand)]
 pub enum SessionsCmd {
     /// List sessions.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite sessions list
+    ///   sprite s ls -s my-sprite
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List,
     /// Attach to a session.
+    ///
+    /// Examples:
+    ///   sprite sessions attach 3
+    #[command(verbatim_doc_comment)]
     Attach {
         /// Session id.
         id: Option<String>,
     },
     /// Kill a session.
+    ///
+    /// Examples:
+    ///   sprite sessions kill 3
+    ///   sprite sessions kill 3 --signal INT
+    #[command(verbatim_doc_comment)]
     Kill {
         /// Session id.
         id: String,
@@ -553,13 +777,23 @@ pub enum SessionsCmd {
 #[derive(Subcommand)]
 pub enum CheckpointCmd {
     /// Create a new checkpoint.
+    ///
+    /// Examples:
+    ///   sprite checkpoint create
+    ///   sprite checkpoint create --comment "before upgrade"
+    #[command(verbatim_doc_comment)]
     Create {
         /// Optional comment describing this checkpoint.
         #[arg(long)]
         comment: Option<String>,
     },
     /// List all checkpoints.
-    #[command(visible_alias = "ls")]
+    ///
+    /// Examples:
+    ///   sprite checkpoint list
+    ///   sprite checkpoint list --include-auto
+    ///   sprite checkpoint list --history v2
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
     List {
         /// Include auto-generated checkpoints.
         #[arg(long)]
@@ -569,17 +803,28 @@ pub enum CheckpointCmd {
         history: Option<String>,
     },
     /// Show information about a specific checkpoint.
+    ///
+    /// Examples:
+    ///   sprite checkpoint info v2     # Show details for checkpoint v2
+    #[command(verbatim_doc_comment)]
     Info {
         /// Checkpoint id, such as v2.
         id: String,
     },
     /// Delete a checkpoint.
-    #[command(visible_alias = "rm")]
+    ///
+    /// Examples:
+    ///   sprite checkpoint delete v3   # Delete checkpoint v3
+    #[command(verbatim_doc_comment, visible_alias = "rm")]
     Delete {
         /// Checkpoint id, such as v3.
         id: String,
     },
     /// Restore from a checkpoint version.
+    ///
+    /// Examples:
+    ///   sprite checkpoint restore v1
+    #[command(verbatim_doc_comment)]
     Restore {
         /// Checkpoint id, such as v1.
         id: String,
@@ -589,6 +834,12 @@ pub enum CheckpointCmd {
 #[derive(Subcommand)]
 pub enum UrlCmd {
     /// Change who may use the URL.
+    ///
+    /// Examples:
+    ///   sprite url update --auth public     # Make URL publicly accessible
+    ///   sprite url update --auth sprite     # Require org membership (default)
+    ///   sprite url update --auth public -s demo
+    #[command(verbatim_doc_comment)]
     Update {
         /// public, sprite, or default (= sprite).
         #[arg(long, short = 'a')]
@@ -706,6 +957,94 @@ fn one_line(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::go_style_flags;
+    use clap::{CommandFactory, Parser};
+
+    /// Every command's help shows examples, and every example is a command line this CLI
+    /// accepts.
+    #[test]
+    fn every_command_has_examples_that_parse() {
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                let help = sub.clone().render_long_help().to_string();
+                out.push((name.clone(), help));
+                walk(sub, &name, out);
+            }
+        }
+        let mut all = Vec::new();
+        walk(&super::Cli::command(), "sprite", &mut all);
+        let missing: Vec<&str> = all
+            .iter()
+            .filter(|(_, h)| !h.contains("Examples:"))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+        let mut examples = 0;
+        for (name, help) in &all {
+            let Some((_, after)) = help.split_once("Examples:") else {
+                continue;
+            };
+            // Lines ending in `\` go on.
+            let mut lines: Vec<String> = Vec::new();
+            let mut open = false;
+            for l in after.lines().map(str::trim) {
+                match (open, lines.last_mut()) {
+                    (true, Some(last)) => *last = format!("{} {l}", last.trim_end_matches('\\')),
+                    _ => lines.push(l.to_string()),
+                }
+                open = l.ends_with('\\');
+            }
+            for line in lines.iter().map(String::as_str) {
+                let Some(cmdline) = line.strip_prefix("sprite ") else {
+                    continue;
+                };
+                let cmdline = cmdline.split(" #").next().unwrap_or_default();
+                let cmdline = cmdline.split(" >").next().unwrap_or_default();
+                let cmdline = cmdline.split(" <").next().unwrap_or_default();
+                let argv: Vec<String> = std::iter::once("sprite".to_string())
+                    .chain(shell_words(cmdline))
+                    .collect();
+                if let Err(e) = super::Cli::try_parse_from(go_style_flags(
+                    argv.iter().map(Into::into).collect(),
+                )) {
+                    panic!("example `{line}` of `{name}` does not parse: {e}");
+                }
+                examples += 1;
+            }
+        }
+        assert!(examples > 80, "{examples} examples");
+    }
+
+    /// Splits like a shell would for the simple quoting the examples use.
+    fn shell_words(s: &str) -> Vec<String> {
+        let (mut out, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+        for c in s.chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => {
+                    quote = Some(c);
+                    any = true;
+                }
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if any {
+                        out.push(std::mem::take(&mut cur));
+                        any = false;
+                    }
+                }
+                (_, c) => {
+                    cur.push(c);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            out.push(cur);
+        }
+        out
+    }
 
     fn rewrite(args: &[&str]) -> Vec<String> {
         go_style_flags(args.iter().map(Into::into).collect())

@@ -1044,3 +1044,60 @@ fn prompts_detachable_sessions_and_progress() {
     assert!(list.contains(&id) && list.contains("http.server"), "{list}");
     ok(&s, &["sessions", "kill", "-s", "prompted", &id]);
 }
+
+/// `sprite org auth -o ALIAS:ORG URL` saves an alias of the URL; `-o ALIAS:ORG` then reaches
+/// it whatever the environment says; `SPRITE_URL` wins over `SPRITES_API_URL`.
+#[test]
+fn url_aliases_and_sprite_url() {
+    let s = TestServer::start().unwrap();
+    let auth = |args: &[&str], token: &str| {
+        let mut c = s
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{token}\n").as_bytes())
+            .unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = auth(&["org", "auth", "-o", "home:other", &s.url], &s.token);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("not \"other\""), "{}", text(&o).1);
+    let o = auth(&["org", "auth", "-o", "home:personal", &s.url], &s.token);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("-o home:personal"), "{}", text(&o).0);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.home.join(".sprites/sprites.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["url_aliases"]["home"], s.url.as_str());
+
+    ok(&s, &["create", "aliased", "--skip-console"]);
+    // Elsewhere the environment points at nothing; the alias still reaches the server.
+    let list = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut c = s.cli();
+        c.env("SPRITES_API_URL", "http://127.0.0.1:9");
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.args(args).stdin(Stdio::null()).output().unwrap()
+    };
+    let o = list(&[], &["list", "-o", "home:personal"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("aliased"));
+    let o = list(&[], &["list", "-o", "nope:personal"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("saved alias"), "{}", text(&o).1);
+    let o = list(&[("SPRITE_URL", &s.url)], &["list"]);
+    assert!(o.status.success(), "SPRITE_URL first: {}", text(&o).1);
+    assert!(text(&o).0.contains("aliased"));
+    // And `org auth ALIAS` logs in to the aliased URL again.
+    let o = auth(&["org", "auth", "home"], &s.token);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains(&s.url), "{}", text(&o).0);
+}

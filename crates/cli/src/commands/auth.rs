@@ -51,6 +51,49 @@ pub async fn login(url_arg: Option<String>) -> Result<i32> {
     store(&url, token).await
 }
 
+/// `sprite org auth [-o [ALIAS:]ORG] [API_URL|ALIAS]`: `login` under its documented name;
+/// `-o ALIAS:ORG` also saves ALIAS as a short name of the URL.
+pub async fn org_auth(url_arg: Option<String>, org_spec: Option<String>) -> Result<i32> {
+    let home = config::home()?;
+    let mut cfg = Config::load(&home)?;
+    let (alias, org) = match org_spec.as_deref().map(config::split_org) {
+        Some((a, o)) => (
+            a.map(str::to_string),
+            Some(o.to_string()).filter(|o| !o.is_empty()),
+        ),
+        None => (None, None),
+    };
+    let url = match (&url_arg, &alias) {
+        (Some(u), _) => cfg.resolve_url(u)?,
+        (None, Some(a)) if cfg.url_aliases.contains_key(a) => cfg.resolve_url(a)?,
+        (None, _) => api_url(None, &cfg),
+    };
+    eprint!("Paste a token for {url}: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the token")?;
+    let token = line.trim();
+    if token.is_empty() {
+        bail!("no token given (create one with `spritesd token create --org ORG`)");
+    }
+    if let Some(o) = &org {
+        let of_token = token.split('/').next().unwrap_or_default();
+        if of_token != o {
+            bail!("this token is for org {of_token:?}, not {o:?}");
+        }
+    }
+    let code = store(&url, token).await?;
+    if let Some(a) = alias {
+        cfg = Config::load(&home)?;
+        cfg.url_aliases.insert(a.clone(), url.clone());
+        cfg.save(&home)?;
+        let org = cfg.current_selection.org.clone();
+        println!("Saved alias {a} for {url}: use `-o {a}:{org}`.");
+    }
+    Ok(code)
+}
+
 /// `sprite auth setup --token T`.
 pub async fn setup(token: &str) -> Result<i32> {
     let cfg = Config::load(&config::home()?)?;

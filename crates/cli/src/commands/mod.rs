@@ -23,7 +23,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Cmd::Login { api_url } => auth::login(api_url).await,
         Cmd::Org {
             cmd: OrgCmd::Auth { api_url },
-        } => auth::login(api_url).await,
+        } => auth::org_auth(api_url, org).await,
         Cmd::Auth {
             cmd: crate::AuthCmd::Setup { token },
         } => auth::setup(&token).await,

@@ -35,10 +35,8 @@ async fn store(url: &str, token: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// `sprite login [api-url]`: a self-hosted server has no browser flow, so ask for a token.
-pub async fn login(url_arg: Option<String>) -> Result<i32> {
-    let cfg = Config::load(&config::home()?)?;
-    let url = api_url(url_arg, &cfg);
+/// Asks for a token for `url` on stdin.
+fn read_token(url: &str) -> Result<String> {
     eprint!("Paste a token for {url}: ");
     let mut line = String::new();
     std::io::stdin()
@@ -48,6 +46,15 @@ pub async fn login(url_arg: Option<String>) -> Result<i32> {
     if token.is_empty() {
         bail!("no token given (create one with `spritesd token create --org ORG`)");
     }
+    Ok(token.to_string())
+}
+
+/// `sprite login [api-url]`: a self-hosted server has no browser flow, so ask for a token.
+pub async fn login(url_arg: Option<String>) -> Result<i32> {
+    let cfg = Config::load(&config::home()?)?;
+    let url = api_url(url_arg, &cfg);
+    let token = read_token(&url)?;
+    let token = token.as_str();
     store(&url, token).await
 }
 
@@ -68,15 +75,8 @@ pub async fn org_auth(url_arg: Option<String>, org_spec: Option<String>) -> Resu
         (None, Some(a)) if cfg.url_aliases.contains_key(a) => cfg.resolve_url(a)?,
         (None, _) => api_url(None, &cfg),
     };
-    eprint!("Paste a token for {url}: ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the token")?;
-    let token = line.trim();
-    if token.is_empty() {
-        bail!("no token given (create one with `spritesd token create --org ORG`)");
-    }
+    let token = read_token(&url)?;
+    let token = token.as_str();
     if let Some(o) = &org {
         let of_token = token.split('/').next().unwrap_or_default();
         if of_token != o {

@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need=()
-for pkg in debootstrap e2fsprogs xfsprogs util-linux mount iproute2 nftables curl ca-certificates python3 python3-venv python3-pip tmux qemu-system-x86 cpio redis-tools lxcfs chromium; do
+for pkg in debootstrap e2fsprogs xfsprogs util-linux mount iproute2 nftables curl ca-certificates python3 python3-venv python3-pip tmux qemu-system-x86 cpio redis-tools lxcfs chromium gnome-keyring dbus-daemon; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -66,10 +66,13 @@ pub struct UrlEntry {
 pub struct OrgEntry {
     /// Slug.
     pub name: String,
-    /// The token (file storage; no keyring on a server).
+    /// The token, when it is kept in this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
-    /// Always false here.
+    /// Where the token is in the system keyring (`sprite org keyring enable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring_key: Option<String>,
+    /// Whether the token is in the system keyring rather than in this file.
     #[serde(default)]
     pub use_keyring: bool,
     /// Reserved by the official CLI.
@@ -145,6 +148,7 @@ impl Config {
             OrgEntry {
                 name: slug.clone(),
                 api_token: Some(token.to_string()),
+                keyring_key: None,
                 use_keyring: false,
                 sprites: serde_json::json!({}),
                 rest: BTreeMap::new(),
@@ -170,9 +174,22 @@ impl Config {
         }
     }
 
-    /// The token stored for `org` at `url`.
-    pub fn token(&self, url: &str, org: &str) -> Option<&str> {
-        self.urls.get(url)?.orgs.get(org)?.api_token.as_deref()
+    /// The token stored for `org` at `url`: from this file, or from the system keyring.
+    pub fn token(&self, url: &str, org: &str) -> Option<Result<String>> {
+        let e = self.urls.get(url)?.orgs.get(org)?;
+        match (&e.api_token, e.use_keyring, &e.keyring_key) {
+            (Some(t), _, _) => Some(Ok(t.clone())),
+            (None, true, Some(k)) => Some(crate::secrets::load(k)),
+            _ => None,
+        }
+    }
+
+    /// Whether tokens go to the system keyring (`sprite org keyring enable` was run).
+    pub fn keyring_enabled(&self) -> bool {
+        self.urls
+            .values()
+            .flat_map(|u| u.orgs.values())
+            .any(|o| o.use_keyring)
     }
 }
 
@@ -222,7 +239,10 @@ mod tests {
         v["extra"] = serde_json::json!({"keep": true});
         std::fs::write(path(home.path()), v.to_string()).unwrap();
         let c2 = Config::load(home.path()).unwrap();
-        assert_eq!(c2.token("http://h:1", "acme"), Some("acme/o1/t1/s"));
+        assert_eq!(
+            c2.token("http://h:1", "acme").map(|t| t.unwrap()),
+            Some("acme/o1/t1/s".to_string())
+        );
         c2.save(home.path()).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path(home.path())).unwrap()).unwrap();

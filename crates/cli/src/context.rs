@@ -12,6 +12,9 @@ pub struct Ctx {
     /// Org slug, when known.
     pub org: Option<String>,
     token: Option<String>,
+    /// Why a stored token could not be read (the keyring), for the error instead of "not
+    /// logged in".
+    token_error: Option<String>,
     sprite: Option<String>,
     /// Whether the sprite came from `-s` (not from `.sprite`).
     pub sprite_from_flag: bool,
@@ -55,10 +58,13 @@ impl Ctx {
                     .then(|| orgs.keys().next().cloned())
                     .flatten()
             });
-        let token = org
-            .as_deref()
-            .and_then(|o| cfg.token(&url, o))
-            .map(str::to_string)
+        let stored = org.as_deref().and_then(|o| cfg.token(&url, o));
+        let token_error = match &stored {
+            Some(Err(e)) => Some(format!("{e:#}")),
+            _ => None,
+        };
+        let token = stored
+            .and_then(Result::ok)
             .or_else(|| std::env::var("SPRITE_TOKEN").ok().filter(|t| !t.is_empty()));
         let sprite_from_flag = sprite_flag.is_some();
         let sprite = sprite_flag.or_else(|| local.map(|l| l.sprite));
@@ -66,6 +72,7 @@ impl Ctx {
             url,
             org,
             token,
+            token_error,
             sprite,
             sprite_from_flag,
         })
@@ -73,6 +80,9 @@ impl Ctx {
 
     /// An SDK client, or an error telling how to log in.
     pub fn client(&self) -> Result<sprites::Client> {
+        if let (None, Some(e)) = (&self.token, &self.token_error) {
+            anyhow::bail!("{e}");
+        }
         let token = self.token.as_ref().with_context(|| {
             format!(
                 "not logged in to {}: run `sprite auth setup --token TOKEN` or `sprite login`",

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod context;
 mod progress;
+mod secrets;
 mod terminal;
 
 use clap::{Args, Parser, Subcommand};
@@ -692,6 +693,17 @@ pub enum OrgCmd {
         /// API URL, or an alias saved earlier.
         api_url: Option<String>,
     },
+    /// Keep tokens in the system keyring (a Secret Service such as gnome-keyring), or in
+    /// ~/.sprites/sprites.json again.
+    ///
+    /// Examples:
+    ///   sprite org keyring enable     # move every stored token into the keyring
+    ///   sprite org keyring disable    # and back into the config file
+    #[command(verbatim_doc_comment)]
+    Keyring {
+        #[command(subcommand)]
+        cmd: KeyringCmd,
+    },
     /// Mint, list and revoke the org's tokens (with an admin token).
     ///
     /// Examples:
@@ -703,6 +715,22 @@ pub enum OrgCmd {
         #[command(subcommand)]
         cmd: TokensCmd,
     },
+}
+
+#[derive(Subcommand)]
+pub enum KeyringCmd {
+    /// Move every stored token into the system keyring; later logins go there too.
+    ///
+    /// Examples:
+    ///   sprite org keyring enable
+    #[command(verbatim_doc_comment)]
+    Enable,
+    /// Move every token back from the system keyring into the config file.
+    ///
+    /// Examples:
+    ///   sprite org keyring disable
+    #[command(verbatim_doc_comment)]
+    Disable,
 }
 
 #[derive(Subcommand)]

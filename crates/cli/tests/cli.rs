@@ -1101,3 +1101,72 @@ fn url_aliases_and_sprite_url() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.contains(&s.url), "{}", text(&o).0);
 }
+
+/// `sprite org keyring enable|disable` with a real Secret Service (gnome-keyring on a private
+/// session bus): tokens leave the config file, commands still work, later logins go to the
+/// keyring, and disable brings them back. Without a keyring: one clear line, nothing moved.
+#[test]
+fn tokens_in_the_system_keyring() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    let cfg_path = s.home.join(".sprites/sprites.json");
+    let o = s
+        .cli()
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .args(["org", "keyring", "enable"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no system keyring") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .contains(&s.token));
+
+    let other = s.create_token("keyorg").unwrap();
+    let sp = sprites_testing::bin_dir().join("sprite");
+    let script = format!(
+        "printf 'test-password' | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+         gnome-keyring-daemon --start --components=secrets >/dev/null
+         {sp} org keyring enable || exit 10
+         grep -c api_token ~/.sprites/sprites.json; grep -c keyring_key ~/.sprites/sprites.json
+         {sp} list >/dev/null && echo LISTED
+         {sp} auth setup --token '{other}' >/dev/null || exit 11
+         grep -c api_token ~/.sprites/sprites.json
+         {sp} list -o personal >/dev/null && echo LISTED-AGAIN
+         {sp} org keyring disable || exit 12
+         grep -c api_token ~/.sprites/sprites.json
+         exit 0",
+        sp = sp.display()
+    );
+    let o = std::process::Command::new("dbus-run-session")
+        .args(["--", "sh", "-c", &script])
+        .env("HOME", &s.home)
+        .env("SPRITES_API_URL", &s.url)
+        .env_remove("SPRITE_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("1 token(s) moved into the system keyring"),
+        "{out}"
+    );
+    assert_eq!(&lines[1..3], ["0", "1"], "no token left in the file: {out}");
+    assert_eq!(lines[3], "LISTED", "{out}");
+    assert_eq!(
+        lines[4], "0",
+        "a login after enable goes to the keyring: {out}"
+    );
+    assert_eq!(lines[5], "LISTED-AGAIN", "{out}");
+    assert!(lines[6].starts_with("2 token(s) moved back"), "{out}");
+    assert_eq!(lines[7], "2", "{out}");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains(&s.token) && cfg.contains(&other), "{cfg}");
+}

@@ -29,7 +29,18 @@ async fn store(url: &str, token: &str) -> Result<i32> {
         .await
         .map_err(crate::context::friendly)
         .with_context(|| format!("checking the token against {url}"))?;
+    let keyring = cfg.keyring_enabled();
     let org = cfg.add_token(url, token)?;
+    if keyring {
+        // Tokens live in the keyring once it is enabled: this one too, never in the file.
+        let key = crate::secrets::key(url, &org);
+        crate::secrets::store(&key, token)?;
+        if let Some(e) = cfg.urls.get_mut(url).and_then(|u| u.orgs.get_mut(&org)) {
+            e.api_token = None;
+            e.keyring_key = Some(key);
+            e.use_keyring = true;
+        }
+    }
     cfg.save(&home)?;
     println!("Authenticated to {url} as org {org}.");
     Ok(0)
@@ -135,16 +146,20 @@ pub fn org_logout(org: Option<String>, force: bool) -> Result<i32> {
             return Ok(1);
         }
     }
-    match org {
-        Some(o) => {
-            if let Some(e) = cfg.urls.get_mut(&url) {
-                e.orgs.remove(&o);
-            }
-        }
-        None => {
-            cfg.urls.remove(&url);
-        }
-    }
+    let removed: Vec<config::OrgEntry> = match org {
+        Some(o) => cfg
+            .urls
+            .get_mut(&url)
+            .and_then(|e| e.orgs.remove(&o))
+            .into_iter()
+            .collect(),
+        None => cfg
+            .urls
+            .remove(&url)
+            .map(|u| u.orgs.into_values().collect())
+            .unwrap_or_default(),
+    };
+    forget_keyring_tokens(&removed);
     if cfg
         .urls
         .get(&cfg.current_selection.url)
@@ -157,9 +172,94 @@ pub fn org_logout(org: Option<String>, force: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// `sprite org keyring enable|disable`. Each token is written to its new place and read
+/// back before the config file stops pointing at the old one, and the old copy goes only
+/// after the file is saved: a failure at any step leaves every token reachable.
+pub fn keyring(cmd: crate::KeyringCmd) -> Result<i32> {
+    let home = config::home()?;
+    let mut cfg = Config::load(&home)?;
+    let mut moved = Vec::new();
+    match cmd {
+        crate::KeyringCmd::Enable => {
+            for (url, u) in cfg.urls.iter_mut() {
+                for (org, e) in u.orgs.iter_mut() {
+                    let Some(token) = e.api_token.clone() else {
+                        continue;
+                    };
+                    let key = crate::secrets::key(url, org);
+                    crate::secrets::store(&key, &token)
+                        .with_context(|| "tokens stay in ~/.sprites/sprites.json".to_string())?;
+                    e.api_token = None;
+                    e.keyring_key = Some(key);
+                    e.use_keyring = true;
+                    moved.push(format!("{org} at {url}"));
+                }
+            }
+            cfg.save(&home)?;
+            println!(
+                "{} token(s) moved into the system keyring; later logins go there too.",
+                moved.len()
+            );
+        }
+        crate::KeyringCmd::Disable => {
+            let mut old_keys = Vec::new();
+            for (url, u) in cfg.urls.iter_mut() {
+                for (org, e) in u.orgs.iter_mut() {
+                    if !e.use_keyring {
+                        continue;
+                    }
+                    let key = e
+                        .keyring_key
+                        .clone()
+                        .unwrap_or_else(|| crate::secrets::key(url, org));
+                    e.api_token = Some(crate::secrets::load(&key)?);
+                    e.use_keyring = false;
+                    e.keyring_key = None;
+                    old_keys.push(key);
+                    moved.push(format!("{org} at {url}"));
+                }
+            }
+            cfg.save(&home)?;
+            for k in &old_keys {
+                if let Err(e) = crate::secrets::delete(k) {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+            println!(
+                "{} token(s) moved back into {}.",
+                moved.len(),
+                config::path(&home).display()
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Removes the keyring copies of tokens no longer in the config (best effort: a keyring that
+/// cannot be reached holds nothing we could remove).
+fn forget_keyring_tokens(orgs: &[config::OrgEntry]) {
+    for k in orgs
+        .iter()
+        .filter(|o| o.use_keyring)
+        .filter_map(|o| o.keyring_key.as_deref())
+    {
+        if let Err(e) = crate::secrets::delete(k) {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
 /// `sprite logout`: remove all configuration.
 pub fn logout() -> Result<i32> {
     let home = config::home()?;
+    if let Ok(cfg) = Config::load(&home) {
+        let all: Vec<config::OrgEntry> = cfg
+            .urls
+            .into_values()
+            .flat_map(|u| u.orgs.into_values())
+            .collect();
+        forget_keyring_tokens(&all);
+    }
     let dir = home.join(".sprites");
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => println!("Removed {}.", dir.display()),

@@ -36,6 +36,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Org { cmd: OrgCmd::List } => auth::org_list(),
         Cmd::Org {
+            cmd: OrgCmd::Keyring { cmd },
+        } => auth::keyring(cmd),
+        Cmd::Org {
             cmd: OrgCmd::Logout { force },
         } => auth::org_logout(org, force),
         other => {

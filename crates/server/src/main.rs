@@ -685,6 +685,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         svc.connectors.set_public_url(public.clone());
         svc.mcp.set_public_url(public);
         svc.connectors.spawn_usage_writer();
+        // Before anyone can learn that we are up (and so signal us).
+        let shutdown = shutdown_signal()?;
         // Written whole or not at all: tools poll for it.
         let tmp = cfg.data_dir.join("spritesd.addr.tmp");
         std::fs::write(&tmp, addr.to_string())?;
@@ -698,13 +700,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         if let Some(tls) = tls {
             tracing::info!("serving HTTPS");
             let listener = tls::TlsListener::new(listener, tls)?;
-            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown).await?;
         } else {
             // Exec frames are small writes; Nagle would hold each one back for a delayed ACK.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(listener, http::router(svc)).with_graceful_shutdown(shutdown).await?;
         }
         // Networks built ahead for sprites to come; sprites' own networks stay with them.
         if let Some(net) = &pool_owner {
@@ -715,12 +717,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed here, when called, not when the future is
+/// first polled: a signal that came between "ready" and the serve loop's first poll would
+/// otherwise kill the server on the spot, skipping its clean stop (seen in CI).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

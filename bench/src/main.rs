@@ -282,6 +282,27 @@ async fn ws_benches(
         mib << 20
     );
 
+    // The CLI into a pipe, as `sprite exec cat big | consumer` runs.
+    let cli = sprites_testing::bin_dir().join("sprite");
+    let st = std::process::Command::new(&cli)
+        .env("HOME", &s.home)
+        .env("SPRITES_API_URL", &s.url)
+        .args(["auth", "setup", "--token", &s.token])
+        .output()?;
+    ensure!(st.status.success(), "auth setup failed");
+    let t = Instant::now();
+    let mut child = std::process::Command::new(&cli)
+        .env("HOME", &s.home)
+        .env("SPRITES_API_URL", &s.url)
+        .args(["exec", "-s", "bench-0", "--", "cat", "/tmp/big"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let cli_got = drain_stdout(&mut child)?;
+    ensure!(child.wait()?.success(), "sprite exec cat failed");
+    let cli_secs = t.elapsed().as_secs_f64();
+    ensure!(cli_got == mib << 20, "the CLI streamed {cli_got} bytes");
+
     let host_file = s.data_dir.join("big");
     {
         use std::io::Write;
@@ -296,19 +317,7 @@ async fn ws_benches(
         .arg(&host_file)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let mut host_got = 0u64;
-    {
-        use std::io::Read;
-        let mut so = child.stdout.take().expect("stdout");
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = so.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            host_got += k as u64;
-        }
-    }
+    let host_got = drain_stdout(&mut child)?;
     child.wait()?;
     let host_secs = t.elapsed().as_secs_f64();
     ensure!(host_got == mib << 20);
@@ -320,7 +329,28 @@ async fn ws_benches(
         rate(host_secs),
         rate(sprite_secs) / rate(host_secs)
     );
+    println!(
+        "cat {mib} MiB by `sprite exec` into a pipe: {:.0} MiB/s; ratio {:.2} of the WebSocket session, {:.2} of a host pipe",
+        rate(cli_secs),
+        rate(cli_secs) / rate(sprite_secs),
+        rate(cli_secs) / rate(host_secs)
+    );
     Ok(())
+}
+
+/// Reads a child's stdout to its end, as a consumer in a pipe would; the bytes read.
+fn drain_stdout(child: &mut std::process::Child) -> Result<u64> {
+    use std::io::Read;
+    let mut so = child.stdout.take().expect("stdout");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let k = so.read(&mut buf)?;
+        if k == 0 {
+            return Ok(got);
+        }
+        got += k as u64;
+    }
 }
 
 type Ws =

@@ -912,6 +912,47 @@ fn upgrade_and_install_script_use_the_servers_build() {
     assert!(out.contains(&format!("sprite login {}", s.url)), "{out}");
 }
 
+/// A large binary output (and stderr beside it) reaches the pipe whole and in order.
+#[test]
+fn exec_streams_large_output_whole() {
+    let s = TestServer::start().unwrap();
+    ok(&s, &["auth", "setup", "--token", &s.token]);
+    ok(&s, &["create", "big", "--skip-console"]);
+    ok(
+        &s,
+        &[
+            "exec",
+            "-s",
+            "big",
+            "--",
+            "sh",
+            "-c",
+            "head -c 48M /dev/urandom > /tmp/r",
+        ],
+    );
+    let want = ok(&s, &["exec", "-s", "big", "--", "sha256sum", "/tmp/r"]);
+    let o = s
+        .run_cli(&[
+            "exec",
+            "-s",
+            "big",
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/r; echo done >&2",
+        ])
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout.len(), 48 << 20);
+    use sha2::Digest;
+    let got: String = sha2::Sha256::digest(&o.stdout)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(want.split_whitespace().next(), Some(got.as_str()));
+    assert_eq!(text(&o).1, "done\n");
+}
+
 /// The exit code table of the CLI reference, one row at a time.
 #[test]
 fn exit_codes_follow_the_reference_table() {

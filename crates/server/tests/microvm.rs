@@ -164,7 +164,9 @@ async fn microvm_sprites_through_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let st = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(st, StatusCode::OK, "restart: {body}\n{}", s.log());
     let o = api
         .sh("vm", "cat ~/f /.sprite/checkpoints/v0/home/sprite/f; touch /.sprite/checkpoints/v0/x 2>&1 | grep -c Read-only")
         .await;

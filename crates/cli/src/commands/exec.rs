@@ -150,16 +150,8 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
     }
     let mut out = child.stdout.take().context("stdout")?;
     let mut err = child.stderr.take().context("stderr")?;
-    let o = tokio::spawn(async move {
-        let mut w = tokio::io::stdout();
-        let _ = tokio::io::copy(&mut out, &mut w).await;
-        let _ = w.flush().await;
-    });
-    let e = tokio::spawn(async move {
-        let mut w = tokio::io::stderr();
-        let _ = tokio::io::copy(&mut err, &mut w).await;
-        let _ = w.flush().await;
-    });
+    let o = tokio::spawn(async move { pump(&mut out, 1).await });
+    let e = tokio::spawn(async move { pump(&mut err, 2).await });
     let code = child.wait().await.map_err(friendly)?;
     let _ = o.await;
     let _ = e.await;
@@ -333,6 +325,47 @@ pub async fn kill(ctx: &Ctx, id: &str, signal: &str, timeout: &str) -> Result<i3
         }
     }
     Ok(0)
+}
+
+/// Copies a command's output stream to this process's stdout or stderr (`fd` 1 or 2). Reads
+/// gather whatever is ready, up to 1 MiB, without waiting; one thread of its own writes
+/// straight to the descriptor (no line buffering, no blocking-pool task per write), so a
+/// stream costs about one write(2) per gathered chunk.
+async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, fd: std::os::fd::RawFd) {
+    use futures::FutureExt;
+    const GATHER: usize = 1 << 20;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 1 or 2 stays open for the life of the process; ManuallyDrop never
+        // closes it.
+        let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        while let Some(buf) = rx.blocking_recv() {
+            if out.write_all(&buf).is_err() {
+                break; // a closed pipe: the rest has nowhere to go
+            }
+        }
+    });
+    loop {
+        let mut buf = vec![0u8; GATHER];
+        let mut filled = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while filled < GATHER {
+            match r.read(&mut buf[filled..]).now_or_never() {
+                Some(Ok(n)) if n > 0 => filled += n,
+                _ => break,
+            }
+        }
+        buf.truncate(filled);
+        if tx.send(buf).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
 }
 
 #[cfg(test)]

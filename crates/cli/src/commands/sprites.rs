@@ -50,7 +50,22 @@ pub async fn create(
         source,
         ..Default::default()
     };
-    let s = client.create_sprite_with(&req).await.map_err(friendly)?;
+    // A spinner only where the create must wait (a fork of a big disk, a first boot), on a
+    // terminal: most creates finish before it would draw.
+    let created = client.create_sprite_with(&req);
+    tokio::pin!(created);
+    let s = match tokio::time::timeout(std::time::Duration::from_millis(300), &mut created).await {
+        Ok(r) => r,
+        Err(_) => {
+            let bar = crate::progress::spinner(&format!("Creating sprite {name}"));
+            let r = created.await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            r
+        }
+    }
+    .map_err(friendly)?;
     println!("Created sprite {} ({})", s.name, s.status.as_str());
     if !skip_console && crate::terminal::stdin_is_tty() {
         return super::exec::console_for(&client.sprite(&name)).await;

@@ -687,16 +687,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         svc.connectors.spawn_usage_writer();
         // Before anyone can learn that we are up (and so signal us).
         let shutdown = shutdown_signal()?;
-        // Written whole or not at all: tools poll for it.
-        let tmp = cfg.data_dir.join("spritesd.addr.tmp");
-        std::fs::write(&tmp, addr.to_string())?;
-        std::fs::rename(&tmp, cfg.data_dir.join("spritesd.addr"))?;
+        // Logged before the address file appears, so whoever waits for the file finds the
+        // whole startup in the log.
         tracing::info!(%addr, backend = backend_name, data_dir = %cfg.data_dir.display(), "spritesd ready");
         if sprites_storage::tracking::supported(&cfg.disks_root) {
             tracing::info!("checkpoints track changes by reflink: they cost what changed");
         } else {
             tracing::info!("the data dir's filesystem has no reflinks and there is no storage pool (--storage-pool none): checkpoints read every allocated chunk");
         }
+        // Written whole or not at all: tools poll for it.
+        let tmp = cfg.data_dir.join("spritesd.addr.tmp");
+        std::fs::write(&tmp, addr.to_string())?;
+        std::fs::rename(&tmp, cfg.data_dir.join("spritesd.addr"))?;
         if let Some(tls) = tls {
             tracing::info!("serving HTTPS");
             let listener = tls::TlsListener::new(listener, tls)?;

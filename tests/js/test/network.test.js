@@ -37,7 +37,12 @@ test('proxyPort forwards a local port into the sprite', async () => {
   const server = sprite.spawn('python3', ['-c', 'import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0",7078)); s.listen()\nwhile True:\n c,_=s.accept(); d=c.recv(100); c.sendall(b"echo:"+d); c.close()']);
   server.on('error', () => {});
   await sleep(800);
-  const local = 40000 + Math.floor(Math.random() * 10000);
+  // A port the kernel says is free now (a random one can collide with an outgoing
+  // connection's ephemeral port on a busy machine).
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const local = probe.address().port;
+  await new Promise((r) => probe.close(r));
   const session = await sprite.proxyPort(local, 7078);
   const reply = await new Promise((resolve, reject) => {
     const sock = net.connect(local, '127.0.0.1', () => sock.write('hi'));

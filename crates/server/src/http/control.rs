@@ -77,7 +77,7 @@ pub async fn control(
         let args = pairs.into_iter().filter(|(k, _)| k != "op").collect();
         Some(Start {
             op,
-            args: Args::Pairs(args),
+            args: Args(args),
             bare: false,
         })
     });
@@ -98,9 +98,7 @@ struct Conn {
 
 /// An op's arguments: a JSON object (`control:` dialect) or a URL-encoded string (Go's fs
 /// dialect; also the query of an op started on connect).
-enum Args {
-    Pairs(Vec<(String, String)>),
-}
+struct Args(Vec<(String, String)>);
 
 impl Args {
     fn from_json(v: &Value) -> Self {
@@ -123,12 +121,11 @@ impl Args {
             }
             _ => {}
         }
-        Args::Pairs(pairs)
+        Args(pairs)
     }
 
     fn pairs(&self) -> &[(String, String)] {
-        let Args::Pairs(p) = self;
-        p
+        &self.0
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -307,7 +304,7 @@ impl Conn {
     ) -> Result<Outcome, (&'static str, String)> {
         let tty = start.args.flag("tty");
         let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(start.args.pairs().iter().filter(|(k, _)| k != "op"))
+            .extend_pairs(start.args.pairs())
             .finish();
         let (stream, _hold) = self
             .s
@@ -515,12 +512,14 @@ impl Conn {
     ) -> Result<Outcome, (&'static str, String)> {
         let op = start.op.strip_prefix("fs.").unwrap_or("");
         let a = &start.args;
+        // Go's default working directory, unlike the HTTP API's.
+        let working_dir = a.get("workingDir").unwrap_or("/home/sprite");
         let query = |keys: &[&str]| {
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(a.pairs().iter().filter(|(k, _)| keys.contains(&k.as_str())))
+                .append_pair("workingDir", working_dir)
                 .finish()
         };
-        let working_dir = a.get("workingDir").unwrap_or("/home/sprite");
         let body_json = |keys: &[&str]| {
             let mut m = serde_json::Map::new();
             m.insert("workingDir".into(), json!(working_dir));
@@ -537,36 +536,20 @@ impl Conn {
             }
             Value::Object(m).to_string()
         };
-        let with_dir = |q: String| {
-            if a.get("workingDir").is_some() {
-                q
-            } else {
-                format!("{q}&workingDir=%2Fhome%2Fsprite")
-            }
-        };
         let (method, uri, body): (&str, String, Bytes) = match op {
             "read" => (
                 "GET",
-                format!(
-                    "/fs/read?{}",
-                    with_dir(query(&["path", "workingDir", "start", "end"]))
-                ),
+                format!("/fs/read?{}", query(&["path", "start", "end"])),
                 Bytes::new(),
             ),
             "list" => (
                 "GET",
-                format!(
-                    "/fs/list?{}",
-                    with_dir(query(&["path", "workingDir", "recursive", "pattern"]))
-                ),
+                format!("/fs/list?{}", query(&["path", "recursive", "pattern"])),
                 Bytes::new(),
             ),
             "delete" => (
                 "DELETE",
-                format!(
-                    "/fs/delete?{}",
-                    with_dir(query(&["path", "workingDir", "recursive", "asRoot"]))
-                ),
+                format!("/fs/delete?{}", query(&["path", "recursive", "asRoot"])),
                 Bytes::new(),
             ),
             "write" => {
@@ -588,14 +571,14 @@ impl Conn {
                     "PUT",
                     format!(
                         "/fs/write?{}",
-                        with_dir(query(&[
+                        query(&[
                             "path",
                             "workingDir",
                             "mode",
                             "mkdirParents",
                             "mkdir",
                             "asRoot"
-                        ]))
+                        ])
                     ),
                     data,
                 )

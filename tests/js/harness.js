@@ -15,10 +15,10 @@ const imageDir = process.env.SPRITES_TEST_IMAGE_DIR || '/var/cache/sprites/image
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer() {
+export async function startServer(extraArgs = []) {
   const tmp = mkdtempSync('/tmp/spjs');
   const dataDir = join(tmp, 'd');
-  const proc = spawn(bin, ['serve', '--data-dir', dataDir, '--image-dir', imageDir, '--listen', '127.0.0.1:0', '--storage-pool', 'none'], {
+  const proc = spawn(bin, ['serve', '--data-dir', dataDir, '--image-dir', imageDir, '--listen', '127.0.0.1:0', '--storage-pool', 'none', ...extraArgs], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

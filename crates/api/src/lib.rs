@@ -10,6 +10,7 @@ pub mod connector;
 pub mod duration;
 pub mod error;
 pub mod exec;
+pub mod frames;
 pub mod mcp;
 pub mod names;
 pub mod signal;

@@ -155,6 +155,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn use_refresh(&self, hash: &str) -> Option<TokenRow>;
     /// Deletes a token.
     async fn delete_token(&self, hash: &str);
+    /// The org (id, slug) of a browser signed in to the console, from its request's
+    /// headers (the session cookie), so a signed-in person goes straight to consent.
+    async fn org_of_browser(&self, _headers: &http::HeaderMap) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// The MCP server of a `spritesd`.

@@ -434,7 +434,20 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         .into_response()
 }
 
-async fn authorize_page(State(m): State<Arc<Mcp>>, Query(r): Query<AuthRequest>) -> Response {
+/// Whether the browser says another site started this request (`Sec-Fetch-Site`).
+fn from_other_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none")
+}
+
+async fn authorize_page(
+    State(m): State<Arc<Mcp>>,
+    headers: HeaderMap,
+    Query(r): Query<AuthRequest>,
+    Query(extra): Query<HashMap<String, String>>,
+) -> Response {
     let client = match m.check_client(&r).await {
         Ok(c) => c,
         Err(e) => {
@@ -447,6 +460,29 @@ async fn authorize_page(State(m): State<Arc<Mcp>>, Query(r): Query<AuthRequest>)
     };
     if let Err((code, msg)) = m.check_request(&r) {
         return m.redirect_with(&r, &[("error", code), ("error_description", &msg)]);
+    }
+    let browser = m.auth.org_of_browser(&headers).await;
+    // A client sends the person here from its own site, and a SameSite=Strict session cookie
+    // does not come along on that navigation. Load the page once more from this page itself
+    // (a same-site navigation), which brings the cookie of a signed-in browser.
+    if browser.is_none() && from_other_site(&headers) && !extra.contains_key("_same_site") {
+        let mut u = url::Url::parse("http://x/oauth/authorize").expect("a valid URL");
+        {
+            let mut q = u.query_pairs_mut();
+            for (k, v) in &extra {
+                q.append_pair(k, v);
+            }
+            q.append_pair("_same_site", "1");
+        }
+        let target = format!("/oauth/authorize?{}", u.query().unwrap_or(""));
+        return page(
+            StatusCode::OK,
+            "Authorize an MCP client",
+            &format!(
+                r#"<meta http-equiv="refresh" content="0;url={t}"><p><a href="{t}">Continue</a></p>"#,
+                t = esc(&target)
+            ),
+        );
     }
     let expires = now_ms() + 600_000;
     let mac = m.form_mac(&r, expires);
@@ -469,10 +505,7 @@ async fn authorize_page(State(m): State<Arc<Mcp>>, Query(r): Query<AuthRequest>)
         r#"<p><strong>{name}</strong> wants to use Sprites on your behalf.</p>
 <p class="muted">It will be sent back to <code>{redirect}</code>.</p>
 <form method="post" action="/oauth/authorize">{hidden}
-<fieldset><legend>Sign in</legend>
-<label for="token">Org API token</label>
-<input id="token" name="token" type="password" autocomplete="off" required>
-</fieldset>
+{signin}
 <fieldset><legend>Access</legend>
 <label><input type="radio" name="mode" value="restricted" checked> Restricted: only sprites whose names start with the prefix, at most the number below</label>
 <label for="prefix">Name prefix</label><input id="prefix" name="prefix" type="text" value="mcp-">
@@ -484,12 +517,24 @@ async fn authorize_page(State(m): State<Arc<Mcp>>, Query(r): Query<AuthRequest>)
 </form>"#,
         name = esc(&client.name),
         redirect = esc(&r.redirect_uri),
+        signin = match &browser {
+            Some((_, slug)) => format!(
+                r#"<p id="signed-in">Signed in to org <strong>{}</strong> (console session).</p>"#,
+                esc(slug)
+            ),
+            None => r#"<fieldset><legend>Sign in</legend>
+<label for="token">Org API token</label>
+<input id="token" name="token" type="password" autocomplete="off" required>
+</fieldset>"#
+                .to_string(),
+        },
     );
     page(StatusCode::OK, "Authorize an MCP client", &body)
 }
 
 async fn authorize_submit(
     State(m): State<Arc<Mcp>>,
+    headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let get = |k: &str| f.get(k).cloned().unwrap_or_default();
@@ -532,7 +577,18 @@ async fn authorize_submit(
             ],
         );
     }
-    let Some(org_id) = m.auth.org_of_token(get("token").trim()).await else {
+    // A console session signs the person in, unless another site posted this form (its
+    // cookie is SameSite=Strict, so it would not come along anyway).
+    let browser = if from_other_site(&headers) {
+        None
+    } else {
+        m.auth.org_of_browser(&headers).await.map(|(id, _)| id)
+    };
+    let org = match browser {
+        Some(id) => Some(id),
+        None => m.auth.org_of_token(get("token").trim()).await,
+    };
+    let Some(org_id) = org else {
         return page(
             StatusCode::UNAUTHORIZED,
             "Not signed in",

@@ -17,7 +17,7 @@ mod client;
 mod connectors;
 mod error;
 mod exec;
-mod frames;
+use sprites_api::frames;
 mod fs;
 mod ndjson;
 mod proxy;

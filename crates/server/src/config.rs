@@ -38,6 +38,8 @@ pub struct Config {
     pub disks_root: PathBuf,
     /// More CLI builds to offer (`<dir>/<os>-<arch>/sprite`), beside this host's own.
     pub cli_dir: Option<PathBuf>,
+    /// Where the web console is mounted (`/`, `/console`), if it is served.
+    pub console_path: Option<String>,
 }
 
 impl Config {

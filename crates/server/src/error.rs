@@ -53,7 +53,10 @@ const ERROR_TEXT_MAX: usize = 1024;
 /// answers (extractor rejections, the default 405) and an agent's plain-text errors are text.
 pub async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(resp.headers()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(resp.headers())
+        || resp.extensions().get::<sprites_console::Page>().is_some()
+    {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

@@ -8,6 +8,7 @@ mod auth;
 mod checkpoints;
 mod config;
 mod connectors;
+mod console;
 mod error;
 mod forks;
 mod hostapi;
@@ -191,6 +192,10 @@ struct ServeArgs {
     /// `darwin-aarch64/sprite`, of this server's version.
     #[arg(long, env = "SPRITES_CLI_DIR")]
     cli_dir: Option<PathBuf>,
+    /// Where the web console is served on the API address (`/`, or a path such as
+    /// `/console`), or `none` for no console.
+    #[arg(long, env = "SPRITES_CONSOLE_PATH", default_value = "/", value_parser = console_path)]
+    console_path: String,
     /// Where the data dir's filesystem has no reflinks (ext4), keep sprite disks and
     /// checkpoint chunks in a file-backed XFS pool inside it (`auto`, the default: fast
     /// checkpoints and forks), or not (`none`). A pool once made is always used.
@@ -203,6 +208,32 @@ struct ServeArgs {
     /// How often the idle detector looks at sprites.
     #[arg(long, env = "SPRITES_IDLE_TICK", default_value = "1s", value_parser = duration)]
     idle_tick: std::time::Duration,
+}
+
+fn console_path(s: &str) -> Result<String, String> {
+    let ok = s == "none"
+        || (s.starts_with('/')
+            && !s.contains("//")
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_".contains(c))
+            && ![
+                "/v1",
+                "/mcp",
+                "/oauth",
+                "/.well-known",
+                "/healthz",
+                "/install.sh",
+            ]
+            .iter()
+            .any(|taken| s.trim_end_matches('/') == *taken || s.starts_with(&format!("{taken}/"))));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "a path such as /console (letters, digits, - and _; not one the API uses), or none"
+                .into(),
+        )
+    }
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -515,6 +546,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config {
         scheme,
         cli_dir: a.cli_dir.clone(),
+        console_path: (a.console_path != "none").then(|| a.console_path.clone()),
         disks_root: disks_root.clone(),
         data_dir: a.data.data_dir.clone(),
         image_dir: a.data.image_dir(),

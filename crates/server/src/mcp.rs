@@ -117,6 +117,16 @@ impl Rows {
 
 #[async_trait::async_trait]
 impl AuthStore for Rows {
+    async fn org_of_browser(&self, headers: &http::HeaderMap) -> Option<(String, String)> {
+        let hash = sprites_console::session_hash(headers)?;
+        self.store
+            .with(move |c| store::console_session(c, &hash, now_ms()))
+            .await
+            .ok()
+            .flatten()
+            .map(|s| (s.org.id, s.org.slug))
+    }
+
     async fn org_of_token(&self, token: &str) -> Option<String> {
         crate::auth::verify(&self.store, token)
             .await

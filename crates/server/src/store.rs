@@ -215,6 +215,20 @@ CREATE TABLE templates (
         ),
         // Tokens made before minting existed were all full admin tokens.
         M::up("ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 1;"),
+        // Console sign-ins: a session ends with its token (revoked: the row goes with it).
+        M::up(
+            r#"
+CREATE TABLE console_sessions (
+    hash TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
+"#,
+        ),
     ])
 }
 
@@ -1048,4 +1062,55 @@ pub fn delete_template(c: &Connection, org_id: &str, name: &str) -> Result<Optio
         params![org_id, name],
     )?;
     Ok(m)
+}
+
+/// A console session as stored (by the hash of its id).
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    /// Its org.
+    pub org: Org,
+    /// The token it acts as.
+    pub token_id: String,
+    /// Its CSRF token.
+    pub csrf: String,
+    /// Unix ms it ends.
+    pub expires_at: i64,
+}
+
+/// Stores a console session, dropping expired ones on the way.
+pub fn put_console_session(c: &Connection, hash: &str, s: &ConsoleSession, now: i64) -> Result<()> {
+    c.execute("DELETE FROM console_sessions WHERE expires_at < ?1", [now])?;
+    c.execute(
+        "INSERT INTO console_sessions (hash, org_id, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![hash, s.org.id, s.token_id, s.csrf, now, s.expires_at],
+    )?;
+    Ok(())
+}
+
+/// The live session stored under `hash` whose token still exists.
+pub fn console_session(c: &Connection, hash: &str, now: i64) -> Result<Option<ConsoleSession>> {
+    Ok(c.query_row(
+        "SELECT o.id, o.slug, s.token_id, s.csrf, s.expires_at FROM console_sessions s \
+             JOIN tokens t ON t.id = s.token_id AND t.org_id = s.org_id \
+             JOIN orgs o ON o.id = s.org_id WHERE s.hash = ?1 AND s.expires_at > ?2",
+        params![hash, now],
+        |r| {
+            Ok(ConsoleSession {
+                org: Org {
+                    id: r.get(0)?,
+                    slug: r.get(1)?,
+                },
+                token_id: r.get(2)?,
+                csrf: r.get(3)?,
+                expires_at: r.get(4)?,
+            })
+        },
+    )
+    .optional()?)
+}
+
+/// Ends a console session.
+pub fn delete_console_session(c: &Connection, hash: &str) -> Result<()> {
+    c.execute("DELETE FROM console_sessions WHERE hash = ?1", [hash])?;
+    Ok(())
 }

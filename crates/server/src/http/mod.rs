@@ -160,6 +160,7 @@ fn build(state: AppState) -> Router {
         )
         .merge(callback)
         .merge(state.mcp.router())
+        .merge(console(&state))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         // Inside `url::route`: a sprite URL answers what the sprite's app answers.
@@ -167,6 +168,24 @@ fn build(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), url::route))
         .layer(middleware::map_response(version_header))
         .with_state(state)
+}
+
+/// The web console's routes (none when it is turned off).
+fn console(state: &AppState) -> Router<AppState> {
+    let Some(base) = &state.cfg.console_path else {
+        return Router::new();
+    };
+    let backend = crate::console::ConsoleBackend {
+        store: state.store.clone(),
+        api: state.in_process.clone(),
+        connectors: state.connectors.clone(),
+    };
+    std::sync::Arc::new(sprites_console::Console::new(
+        std::sync::Arc::new(backend),
+        base,
+        state.cfg.scheme == "https",
+    ))
+    .router()
 }
 
 async fn version_header(mut resp: Response) -> Response {

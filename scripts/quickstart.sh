@@ -28,3 +28,4 @@ echo "spritesd is up at $SPRITES_API_URL (log: /var/log/spritesd.log)"
 sprite auth setup --token "$(cat "$data/admin-token")"
 sprite list | grep -qx 'demo.*' || sprite create demo --skip-console
 sprite exec -s demo -- uname -a
+echo "web console: $SPRITES_API_URL/ (sign in with the token in $data/admin-token)"

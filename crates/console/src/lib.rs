@@ -265,8 +265,12 @@ impl Console {
         if self.base.is_empty() {
             r
         } else {
+            // A nested "/" answers only `{base}`; the pages link to `{base}/`.
             let base = self.base.clone();
-            Router::new().nest(&base, r)
+            let home = Router::new()
+                .route(&format!("{base}/"), get(pages::sprites))
+                .with_state(self.clone());
+            Router::new().nest(&base, r).merge(home)
         }
     }
 

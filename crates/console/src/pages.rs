@@ -52,6 +52,7 @@ pub(crate) fn environment() -> minijinja::Environment<'static> {
         ),
         ("grants.html", include_str!("../templates/grants.html")),
         ("error.html", include_str!("../templates/error.html")),
+        ("continue.html", include_str!("../templates/continue.html")),
     ] {
         env.add_template(name, src)
             .unwrap_or_else(|e| panic!("template {name}: {e}"));
@@ -971,9 +972,15 @@ pub(crate) async fn add_connector(State(c): C, headers: HeaderMap, body: Bytes) 
             let path = format!("/oauth/{}/authorize", enc(provider));
             match c.api_json(&s.principal, Method::GET, &path, None).await {
                 Ok(v) => match v["authorize_url"].as_str() {
-                    Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
-                        see_other(u)
-                    }
+                    // Not a redirect: the pages' CSP (`form-action 'self'`) stops a form's
+                    // redirect to another site, and should. A page that goes on does not.
+                    Some(u) if u.starts_with("https://") || u.starts_with("http://") => c.render(
+                        StatusCode::OK,
+                        "continue.html",
+                        Some(&s),
+                        &Flash::default(),
+                        json!({"title": "Continue to the provider", "nav": "connectors", "url": u, "provider": provider}),
+                    ),
                     _ => c.back(
                         "/connectors",
                         Err("the provider gave no authorize URL".into()),

@@ -29,14 +29,23 @@ let evilPage = '';
 
 before(async () => {
   upstream = createServer((req, res) => {
-    upstreamSeen.push({ url: req.url, auth: req.headers.authorization });
+    const u = new URL(req.url, 'http://x');
+    // A stand-in GitHub for the OAuth flow: the person "approves" at once.
+    if (u.pathname === '/oauth/authorize') {
+      res.writeHead(302, { location: `${u.searchParams.get('redirect_uri')}?code=c0de&state=${encodeURIComponent(u.searchParams.get('state'))}` });
+      return res.end();
+    }
     res.setHeader('content-type', 'application/json');
+    if (u.pathname === '/oauth/token') return res.end(JSON.stringify({ access_token: 'gho_console_1', token_type: 'bearer', scope: 'repo,read:user' }));
+    if (u.pathname === '/gh/user') return res.end(JSON.stringify({ login: 'octo' }));
+    upstreamSeen.push({ url: req.url, auth: req.headers.authorization });
     res.end(JSON.stringify({ hello: 'from upstream', path: req.url }));
   });
   await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
   evil = createServer((req, res) => { res.setHeader('content-type', 'text/html'); res.end(evilPage); });
   await new Promise((r) => evil.listen(0, '127.0.0.1', r));
-  server = await startServer(['--gateway-allow-private']);
+  const up = `http://127.0.0.1:${upstream.address().port}`;
+  server = await startServer(['--gateway-allow-private', '--provider', `github.authorize_url=${up}/oauth/authorize`, '--provider', `github.token_url=${up}/oauth/token`, '--provider', `github.base_url=${up}/gh`, '--provider', 'github.client_id=console-test', '--provider', 'github.client_secret=console-secret']);
   if (!skip) {
     browser = await chromium.launch({ executablePath: exe, args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
   }
@@ -49,7 +58,16 @@ after(async () => {
   await server?.stop();
 });
 
+// Every control a person fills has a label a screen reader reads, and every button a name.
+async function assertLabelled(page) {
+  const bad = await page.evaluate(() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+    .filter((el) => el.tagName === 'BUTTON' ? !(el.textContent.trim() || el.getAttribute('aria-label')) : !(el.labels?.length || el.getAttribute('aria-label')))
+    .map((el) => el.outerHTML.slice(0, 120)));
+  assert.deepEqual(bad, [], `unlabelled controls on ${page.url()}`);
+}
+
 async function shot(page, name) {
+  await assertLabelled(page);
   mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: join(shots, `console-${name}.png`), fullPage: true });
 }
@@ -132,9 +150,17 @@ test('a person signs in, makes a sprite, uses its terminal, checkpoints and rest
   const status = page.locator('tr[data-sprite="web1"] [data-status]');
   await waitFor(async () => (await status.textContent()) === 'running', 'running');
   await shot(page, 'sprites');
-  const r = await api('/v1/sprites/web1/sleep', { method: 'POST', body: JSON.stringify({ state: 'cold' }) });
-  assert.equal(r.status, 200, await r.text());
+  // Stopped from its own page in another tab; the list (still open) follows.
+  const tab = await ctx.newPage();
+  await tab.goto(`${server.baseURL}/sprites/web1`);
+  await Promise.all([tab.waitForURL(/msg=/), tab.click('button[value=cold]')]);
+  assert.match(await tab.textContent('[role=status]'), /web1 is cold/);
   await waitFor(async () => (await status.textContent()) === 'cold', 'the list to show cold');
+  // A sleeping sprite's page does not wake it to list its sessions.
+  await tab.reload();
+  assert.match(await tab.textContent('main'), /Wake it and show them/);
+  assert.equal((await (await api('/v1/sprites/web1')).json()).status, 'cold');
+  await tab.close();
   // A sprite made elsewhere appears too.
   await server.client.createSprite('other1');
   await waitFor(async () => (await page.locator('tr[data-sprite="other1"]').count()) === 1, 'a new row');
@@ -160,6 +186,25 @@ test('a person signs in, makes a sprite, uses its terminal, checkpoints and rest
   await waitFor(async () => /connected/.test(await page.textContent('#term-status')), 'reattached');
   await waitFor(async () => (await screen(page)).includes('while-away-42'), 'the scrollback from while detached');
   assert.ok((await screen(page)).includes('hello-42'), 'the earlier output is replayed too');
+
+  // A service and its logs.
+  const svc = await api('/v1/sprites/web1/services/ticker', { method: 'PUT', body: JSON.stringify({ cmd: 'sh', args: ['-c', 'echo tick-from-service; exec sleep 1000'] }) });
+  assert.equal(svc.status, 200);
+  await svc.text();
+  await page.goto(`${server.baseURL}/sprites/web1`);
+  await page.click('a[href$="/services/ticker/logs"]');
+  assert.match(await page.textContent('pre'), /tick-from-service/);
+  // The network policy editor: rules as lines, stored as the API's rules.
+  await page.goto(`${server.baseURL}/sprites/web1`);
+  await page.fill('#rules', 'allow example.com\ninclude defaults\ndeny *');
+  await Promise.all([page.waitForURL(/msg=/), page.click('form[action$="/policy"] button')]);
+  assert.equal(await page.inputValue('#rules'), 'allow example.com\ninclude defaults\ndeny *');
+  assert.deepEqual((await (await api('/v1/sprites/web1/policy/network')).json()).rules, [{ domain: 'example.com', action: 'allow' }, { include: 'defaults' }, { domain: '*', action: 'deny' }]);
+  await page.fill('#rules', 'permit everything');
+  await Promise.all([page.waitForURL(/err=/), page.click('form[action$="/policy"] button')]);
+  assert.match(await page.textContent('[role=alert]'), /line 1/);
+  await page.fill('#rules', '');
+  await Promise.all([page.waitForURL(/msg=/), page.click('form[action$="/policy"] button')]);
 
   // Checkpoint with a comment, change the file, restore.
   await sh('web1', 'echo one > ~/f');
@@ -204,10 +249,17 @@ test('a custom-API connector: label policy, live Authorized Sprites, the playgro
   assert.match(await page.textContent('[role=status]'), /Connector added/);
   const list = page.locator('[data-authorized]');
   assert.match(await list.textContent(), /None/);
-  // Labelling the sprite (through the API, as another person might) lets it in; the list
-  // follows without a reload.
-  const r = await api('/v1/sprites/web1', { method: 'PUT', body: JSON.stringify({ labels: ['agents'] }) });
-  assert.equal(r.status, 200);
+  // Labelling the sprite on its own page (another tab) lets it in; the list follows without
+  // a reload.
+  const tab = await ctx.newPage();
+  await tab.goto(`${server.baseURL}/sprites/web1`);
+  await tab.fill('#labels', 'agents, web');
+  await tab.fill('#warm_after', '30s');
+  await Promise.all([tab.waitForURL(/msg=/), tab.click('form[action$="/settings"] button')]);
+  const saved = await (await api('/v1/sprites/web1')).json();
+  assert.deepEqual(saved.labels, ['agents', 'web']);
+  assert.equal(saved.idle?.warm_after, '30s');
+  await tab.close();
   await waitFor(async () => /web1/.test(await list.textContent()), 'web1 in Authorized Sprites');
   assert.ok(!(await list.textContent()).includes('other1'));
   await shot(page, 'connector');
@@ -232,8 +284,15 @@ test('a custom-API connector: label policy, live Authorized Sprites, the playgro
   // (Usage is written to the store about once a second.)
   await waitFor(async () => { await page.reload(); return Number(await page.textContent('tr[data-usage="24h"] td:nth-child(2)')) >= 1; }, 'the call in the usage strip');
   assert.equal(await page.textContent('tr[data-usage="30d"] td:nth-child(2)'), await page.textContent('tr[data-usage="24h"] td:nth-child(2)'));
+  // OAuth: the browser goes to the provider and comes back through the server's callback.
   await page.goto(`${server.baseURL}/connectors`);
+  await Promise.all([page.waitForURL(/\/v1\/oauth\/github\/callback/), page.click('form:has(input[value=github]) button')]);
+  assert.match(await page.textContent('h1'), /Connected/);
+  await page.click('text=Back to the connectors');
   assert.match(await page.textContent('tbody'), /weather/);
+  assert.match(await page.textContent('tr:has-text("github")'), /oauth/);
+  const conns = (await (await api('/v1/oauth/connections?provider=github')).json()).connections;
+  assert.equal(conns.length, 1, 'the callback made the connection');
   await shot(page, 'connectors');
   await ctx.close();
 });
@@ -337,13 +396,39 @@ test('a forged cross-site form and a post without the CSRF token change nothing'
   const pass = await page.evaluate(async () => (await fetch('/api/v1/sprites/web1/checkpoint', { method: 'POST', body: '{}' })).status);
   assert.equal(pass, 403, 'the API passthrough needs the token too');
   assert.equal((await api('/v1/sprites/web1')).status, 200);
-  // With it, the same form works (the check is not refusing everything).
-  const ok = await page.evaluate(async (t) => (await fetch('/sprites/other1/destroy', { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `confirm=other1&_csrf=${encodeURIComponent(t)}` })).type, csrf);
-  assert.equal(ok, 'opaqueredirect');
+  // Through the page itself the same form works (the check does not refuse everything),
+  // once the name is typed.
+  await page.goto(`${server.baseURL}/sprites/other1`);
+  await page.fill('#confirm-name', 'other');
+  await Promise.all([page.waitForURL(/err=/), page.click('button.danger')]);
+  assert.equal((await api('/v1/sprites/other1')).status, 200, 'a wrong name destroys nothing');
+  await page.fill('#confirm-name', 'other1');
+  await Promise.all([page.waitForURL(/\?msg=Sprite%20other1%20destroyed/), page.click('button.danger')]);
   assert.equal((await api('/v1/sprites/other1')).status, 404);
   // Signing out ends the session.
   await Promise.all([page.waitForURL(/signin/), page.click('header button')]);
   await page.goto(`${server.baseURL}/tokens`);
   assert.match(page.url(), /\/signin/);
   await ctx.close();
+});
+
+test('the console moves or goes away with --console-path', { timeout: 60000 }, async () => {
+  const moved = await startServer(['--console-path', '/console']);
+  try {
+    const r = await fetch(`${moved.baseURL}/console/`, { redirect: 'manual' });
+    assert.equal(r.status, 303);
+    assert.equal(r.headers.get('location'), '/console/signin?next=%2Fconsole%2F');
+    assert.equal((await fetch(`${moved.baseURL}/console/signin`)).status, 200);
+    const root = await fetch(`${moved.baseURL}/`);
+    assert.equal(root.status, 404);
+    assert.ok((await root.json()).error);
+  } finally {
+    await moved.stop();
+  }
+  const off = await startServer(['--console-path', 'none']);
+  try {
+    for (const p of ['/', '/signin', '/static/console.js']) assert.equal((await fetch(`${off.baseURL}${p}`)).status, 404, p);
+  } finally {
+    await off.stop();
+  }
 });

@@ -180,6 +180,18 @@ pub async fn callback_get(
     Path(provider): Path<String>,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
+    // With the console on, the person came from it: a way back.
+    let back = s
+        .cfg
+        .console_path
+        .as_ref()
+        .map(|base| {
+            format!(
+                "<p><a href=\"{}/connectors\">Back to the connectors</a></p>",
+                base.trim_end_matches('/')
+            )
+        })
+        .unwrap_or_default();
     let page = |status: StatusCode, title: &str, text: &str| {
         let esc = |t: &str| {
             t.replace('&', "&amp;")
@@ -190,7 +202,7 @@ pub async fn callback_get(
         (
             status,
             Html(format!(
-                "<!doctype html><html lang=en><meta charset=utf-8><title>{t}</title><body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{t}</h1><p>{x}</p></body></html>",
+                "<!doctype html><html lang=en><meta charset=utf-8><title>{t}</title><body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{t}</h1><p>{x}</p>{back}</body></html>",
                 t = esc(title),
                 x = esc(text)
             )),

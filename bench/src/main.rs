@@ -26,14 +26,18 @@
 //!
 //! * `mcp`: an MCP `tools/call` of `exec` running `true` against the REST HTTP exec of it.
 //!
+//! * `density`: create, warm wake and exec, and host processes and memory per idle sprite,
+//!   at 10, 100 and 1,000 sprites (`BENCH_DENSITY=10,100` for fewer), ratios to the first.
+//!
 //! * `image`: base image build from nothing, cached and with one layer more, size on disk,
 //!   and create-to-first-exec of the full profile against the slim one.
 //!
-//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|backends|gateway|mcp|image|all]` (as root; builds the
+//! Run with `cargo run --release -p sprites-bench [exec|lifecycle|sessions|network|storage|backends|gateway|mcp|image|density|all]` (as root; builds the
 //! image on first use).
 //! `BENCH_N` sets the sample count, `BENCH_CAT_MIB` the size of the streamed file.
 
 mod backends;
+mod density;
 mod gateway;
 mod image;
 mod mcp;
@@ -95,6 +99,10 @@ async fn main() -> Result<()> {
     }
     if which == "all" || which == "image" {
         image::image_benches().await?;
+    }
+    // Not in "all": a thousand sprites take minutes and most of a small host.
+    if which == "density" {
+        density::density_benches().await?;
     }
     Ok(())
 }
@@ -323,6 +331,45 @@ async fn ws_benches(
     ensure!(host_got == mib << 20);
     let _ = std::fs::remove_file(&host_file);
     let rate = |secs: f64| mib as f64 / secs;
+
+    // The official HTTP form (no length prefix): unpaced for a client that reads bytes (curl's
+    // User-Agent), paced for a fetch-style reader (no User-Agent here), on 16 MiB (it is slow).
+    let official = |ua: Option<&'static str>, cmd: String| {
+        let mut r = http
+            .post(format!("{}/v1/sprites/bench-0/exec", s.url))
+            .query(&[("cmd", "sh"), ("cmd", "-c"), ("cmd", &cmd)])
+            .header("authorization", auth);
+        if let Some(ua) = ua {
+            r = r.header("user-agent", ua);
+        }
+        async move {
+            let t = Instant::now();
+            let mut body = r.send().await?.bytes_stream();
+            let mut zeros = 0u64;
+            while let Some(c) = body.next().await {
+                zeros += c?.iter().filter(|b| **b == 0).count() as u64;
+            }
+            anyhow::Ok((zeros, t.elapsed().as_secs_f64()))
+        }
+    };
+    let (zeros, bytes_secs) = official(Some("curl/8.5.0"), "cat /tmp/big".into()).await?;
+    ensure!(
+        zeros == (mib << 20) + 1,
+        "official form carried {zeros} zero bytes"
+    );
+    let paced_mib = 16u64.min(mib);
+    let (zeros, paced_secs) = official(None, format!("head -c {paced_mib}M /tmp/big")).await?;
+    ensure!(
+        zeros == (paced_mib << 20) + 1,
+        "paced form carried {zeros} zero bytes"
+    );
+    println!(
+        "cat {mib} MiB over HTTP, official framing, a byte reader (curl's User-Agent): {:.0} MiB/s, ratio {:.3} of a host pipe; a fetch-style reader (paced, {paced_mib} MiB): {:.2} MiB/s, ratio {:.4}",
+        rate(bytes_secs),
+        rate(bytes_secs) / rate(host_secs),
+        paced_mib as f64 / paced_secs,
+        paced_mib as f64 / paced_secs / rate(host_secs)
+    );
     println!(
         "cat {mib} MiB through a WebSocket session: {:.0} MiB/s; host cat into a pipe: {:.0} MiB/s; ratio {:.2}",
         rate(sprite_secs),

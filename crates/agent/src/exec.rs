@@ -2,7 +2,6 @@
 
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -20,13 +19,6 @@ use tokio::sync::mpsc;
 use crate::session::{Input, Registry, Session};
 
 use crate::server::error;
-
-/// Largest data part of one paced frame; the JS client wants frames well below 16 KiB.
-const PACED_FRAME_MAX: usize = 12 * 1024;
-/// Gap between paced frames so that each arrives in its own read on the client.
-const PACE: Duration = Duration::from_millis(12);
-/// How long output of one stream is gathered into one paced frame.
-const GATHER: Duration = Duration::from_millis(8);
 
 /// Something the process did.
 #[derive(Debug)]
@@ -214,11 +206,15 @@ pub async fn http_exec(
     let (events_tx, events_rx) = mpsc::channel::<Event>(16);
     tokio::spawn(feed(session, reader, events_tx));
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    if length_prefixed {
-        tokio::spawn(write_length_prefixed(events_rx, body_tx));
+    // spritesd always asks for length-prefixed frames and makes the official form itself
+    // (paced where the client needs it), so that no hop's re-chunking can merge or split a
+    // frame; a request without the header (the in-sprite API) gets official frames as they come.
+    let frame = if length_prefixed {
+        length_prefixed_frame
     } else {
-        tokio::spawn(write_paced(events_rx, body_tx));
-    }
+        official_frame
+    };
+    tokio::spawn(write_unpaced(events_rx, body_tx, frame));
     let body = Body::from_stream(tokio_stream_from(body_rx));
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
@@ -267,21 +263,32 @@ pub fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// `[stream u8][len u32 BE][data]`, written as soon as it exists.
-async fn write_length_prefixed(
+/// `[stream u8][len u32 BE][data]`.
+fn length_prefixed_frame(stream: u8, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(data.len() + 5);
+    b.put_u8(stream);
+    b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// `[stream u8][data]`, the official form.
+fn official_frame(stream: u8, data: &[u8]) -> Bytes {
+    Bytes::from(frames::encode(stream, data))
+}
+
+/// Frames written as soon as their output exists, one HTTP chunk each.
+async fn write_unpaced(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    frame: fn(u8, &[u8]) -> Bytes,
 ) {
     while let Some(ev) = rx.recv().await {
         let (stream, data) = match &ev {
             Event::Output(s, d) => (*s, d.clone()),
             Event::Exit(c) => (STREAM_EXIT, Bytes::copy_from_slice(&[*c])),
         };
-        let mut b = BytesMut::with_capacity(data.len() + 5);
-        b.put_u8(stream);
-        b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
-        b.put_slice(&data);
-        if tx.send(Ok(b.freeze())).await.is_err() {
+        if tx.send(Ok(frame(stream, &data))).await.is_err() {
             drain(rx).await;
             return;
         }
@@ -294,71 +301,4 @@ async fn write_length_prefixed(
 async fn drain(mut rx: mpsc::Receiver<Event>) {
     rx.close();
     while rx.recv().await.is_some() {}
-}
-
-/// The official form: one frame per HTTP chunk, frames spaced by [`PACE`], output of one
-/// stream gathered for [`GATHER`] so a chatty process does not make thousands of frames.
-async fn write_paced(
-    mut rx: mpsc::Receiver<Event>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let mut last: Option<Instant> = None;
-    let mut carry: Option<Event> = None;
-    loop {
-        let ev = match carry.take() {
-            Some(e) => e,
-            None => match rx.recv().await {
-                Some(e) => e,
-                None => return,
-            },
-        };
-        let frame = match ev {
-            Event::Exit(code) => {
-                pace(last, PACE * 2).await;
-                let _ = tx
-                    .send(Ok(Bytes::copy_from_slice(&[STREAM_EXIT, code])))
-                    .await;
-                return;
-            }
-            Event::Output(stream, data) => {
-                let mut buf = BytesMut::from(&data[..]);
-                let until = tokio::time::Instant::now() + GATHER;
-                while buf.len() < PACED_FRAME_MAX {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(Event::Output(s, d))) if s == stream => buf.extend_from_slice(&d),
-                        Ok(Some(other)) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                (stream, buf.freeze())
-            }
-        };
-        let (stream, mut data) = frame;
-        while !data.is_empty() {
-            let part = data.split_to(data.len().min(PACED_FRAME_MAX));
-            pace(last, PACE).await;
-            if tx
-                .send(Ok(Bytes::from(frames::encode(stream, &part))))
-                .await
-                .is_err()
-            {
-                drain(rx).await;
-                return;
-            }
-            last = Some(Instant::now());
-        }
-    }
-}
-
-async fn pace(last: Option<Instant>, gap: Duration) {
-    if let Some(t) = last {
-        let due = t + gap;
-        let now = Instant::now();
-        if due > now {
-            tokio::time::sleep(due - now).await;
-        }
-    }
 }

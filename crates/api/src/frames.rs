@@ -14,12 +14,30 @@ pub enum Frame {
 }
 
 /// Incremental decoder: feed bytes in any chunking, take whole frames out.
-#[derive(Default)]
 pub struct Decoder {
     buf: BytesMut,
+    max: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            max: usize::MAX,
+        }
+    }
 }
 
 impl Decoder {
+    /// A decoder that refuses a frame longer than `max` bytes (from a peer that is not
+    /// trusted to be sane, so nothing waits to buffer a length it merely claims).
+    pub fn with_limit(max: usize) -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -31,6 +49,9 @@ impl Decoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.max {
+            return Err(format!("an exec frame of {len} bytes is over {}", self.max));
+        }
         if self.buf.len() < 5 + len {
             return Ok(None);
         }
@@ -80,5 +101,11 @@ mod tests {
         let mut d = Decoder::default();
         d.push(&[9, 0, 0, 0, 0]);
         assert!(d.next_frame().is_err());
+        let mut d = Decoder::with_limit(4);
+        d.push(&[1, 0xff, 0xff, 0xff, 0xff]);
+        assert!(
+            d.next_frame().is_err(),
+            "a claimed 4 GiB frame is refused at once"
+        );
     }
 }

@@ -157,4 +157,31 @@ async fn official_framing() {
         .await
         .unwrap();
     assert_eq!(&r.bytes().await.unwrap()[..], b"\x01mysh\n\x03\x00");
+    // A client that reads bytes (curl, by its User-Agent) gets the same frames unpaced: all
+    // the output, each frame a stream byte and its data, the exit frame last.
+    let r = api
+        .req(Method::POST, "/v1/sprites/fr/exec")
+        .header("user-agent", "curl/8.5.0")
+        .query(&[
+            ("cmd", "sh"),
+            ("cmd", "-c"),
+            (
+                "cmd",
+                "head -c 1048576 /dev/zero | tr '\\0' a; echo oops >&2; exit 4",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(&body[body.len() - 2..], b"\x03\x04");
+    assert_eq!(body.iter().filter(|b| **b == b'a').count(), 1 << 20);
+    let rest: Vec<u8> = body[..body.len() - 2]
+        .iter()
+        .copied()
+        .filter(|b| *b != b'a')
+        .collect();
+    let (ids, text): (Vec<u8>, Vec<u8>) = rest.iter().partition(|b| **b == 1 || **b == 2);
+    assert_eq!(text, b"oops\n");
+    assert!(ids.contains(&2) && ids.iter().filter(|b| **b == 1).count() >= 1);
 }

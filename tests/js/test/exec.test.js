@@ -38,6 +38,22 @@ test('execFileHTTP parses the paced frames', async () => {
   await assert.rejects(sprite.execFileHTTP('sh', ['-c', 'exit 9']), (e) => e.result?.exitCode === 9 || e.exitCode === 9);
 });
 
+test('execFileHTTP frames stay whole while the event loop is busy', async () => {
+  // Busy for 3 ms of every 4: the client reads late, and a merged frame would show as
+  // stray stream bytes in the output or a failed exit frame.
+  const busy = setInterval(() => { const end = Date.now() + 3; while (Date.now() < end); }, 4);
+  try {
+    const r = await sprite.execFileHTTP('sh', ['-c', 'seq 1 40000; echo done >&2']);
+    let want = '';
+    for (let i = 1; i <= 40000; i++) want += `${i}\n`;
+    assert.equal(r.stdout.toString(), want);
+    assert.equal(r.stderr.toString(), 'done\n');
+    assert.equal(r.exitCode, 0);
+  } finally {
+    clearInterval(busy);
+  }
+});
+
 test('spawn streams stdout as it is produced', async () => {
   const cmd = sprite.spawn('sh', ['-c', 'for i in 1 2 3; do echo tick $i; sleep 0.2; done']);
   const chunks = [];

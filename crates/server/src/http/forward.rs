@@ -99,9 +99,28 @@ pub async fn exec_post(
     State(s): State<AppState>,
     Extension(org): Extension<Org>,
     Path(name): Path<String>,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
-    forward(&s, &org, &name, "/exec", req).await
+    use sprites_agent_protocol::{FRAMING_HEADER, FRAMING_LENGTH_PREFIXED};
+    let ours = req
+        .headers()
+        .get(FRAMING_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(FRAMING_LENGTH_PREFIXED));
+    if ours {
+        return forward(&s, &org, &name, "/exec", req).await;
+    }
+    // The official form is made here from the agent's length-prefixed frames.
+    let paced = !super::official::reads_bytes(req.headers());
+    req.headers_mut().insert(
+        FRAMING_HEADER,
+        http::HeaderValue::from_static(FRAMING_LENGTH_PREFIXED),
+    );
+    let resp = forward(&s, &org, &name, "/exec", req).await?;
+    if resp.status() != http::StatusCode::OK {
+        return Ok(resp);
+    }
+    Ok(super::official::reframe(resp, paced))
 }
 
 /// `GET /exec`: session list, or a WebSocket exec (or legacy `?id=` attach).

@@ -8,6 +8,7 @@ mod control;
 pub(crate) use checkpoints::ndjson;
 pub(crate) use sprites::json_body;
 mod forward;
+mod official;
 mod proxy;
 mod sprites;
 pub(crate) mod tokens;

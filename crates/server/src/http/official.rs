@@ -26,19 +26,13 @@ const GATHER: Duration = Duration::from_millis(8);
 /// claim ends the answer instead of buffering it.
 const AGENT_FRAME_MAX: usize = 4 << 20;
 
-/// HTTP clients that read the official form's body as bytes (the whole of it, or the exit
-/// code from its last two bytes) rather than one frame per read: they need no pacing, so
-/// their frames go out as soon as output exists. Everything else, fetch-based readers above
-/// all (`@fly/sprites`, browsers, Deno, Bun), and clients that say nothing, is paced.
-const BYTE_READERS: &[&str] = &[
-    "curl/",
-    "wget/",
-    "python-requests/",
-    "python-httpx/",
-    "python-urllib/",
-    "go-http-client/",
-    "httpie/",
-];
+/// HTTP clients that can only read the official form's body as bytes (command-line tools
+/// that write it out, for a script that takes the exit code from its last two bytes), never
+/// one frame per read: they need no pacing, so their frames go out as soon as output exists.
+/// Libraries are not on the list even when most of their users read bytes (`httpx` can
+/// iterate chunks, and a test here does), so everything else, fetch-based readers above all
+/// (`@fly/sprites`, browsers, Deno, Bun), and clients that say nothing, is paced.
+const BYTE_READERS: &[&str] = &["curl/", "wget/", "httpie/"];
 
 /// Whether the request's `User-Agent` is one of [`BYTE_READERS`].
 pub fn reads_bytes(headers: &http::HeaderMap) -> bool {
@@ -183,8 +177,9 @@ mod tests {
         assert!(!reads_bytes(&h), "no User-Agent: paced");
         for (ua, want) in [
             ("curl/8.5.0", true),
-            ("python-requests/2.31", true),
-            ("Go-http-client/1.1", true),
+            ("Wget/1.21.3", true),
+            ("python-httpx/0.27.0", false),
+            ("Go-http-client/1.1", false),
             ("node", false),
             ("Mozilla/5.0 (X11; Linux x86_64)", false),
             ("Deno/2.0", false),

@@ -47,6 +47,8 @@ pub struct Transition {
     pub id: String,
     /// New state.
     pub state: State,
+    /// For a wake: the state woken from and how long the resume or boot took.
+    pub woke: Option<(State, Duration)>,
 }
 
 /// When idle sprites go warm and cold.
@@ -149,6 +151,16 @@ impl Runtime {
     }
 
     fn set(&self, st: &mut SlotState, spec: &SpriteSpec, next: State) {
+        self.set_woken(st, spec, next, None)
+    }
+
+    fn set_woken(
+        &self,
+        st: &mut SlotState,
+        spec: &SpriteSpec,
+        next: State,
+        woke: Option<(State, Duration)>,
+    ) {
         if st.state == Some(next) {
             return;
         }
@@ -164,6 +176,7 @@ impl Runtime {
         let _ = self.events.send(Transition {
             id: spec.id.clone(),
             state: next,
+            woke,
         });
     }
 
@@ -200,12 +213,16 @@ impl Runtime {
         match self.observe(spec, &mut g).await {
             State::Running => {}
             State::Warm => {
+                let t = Instant::now();
                 self.backend.resume(spec).await?;
-                self.set(&mut g, spec, State::Running);
+                let woke = Some((State::Warm, t.elapsed()));
+                self.set_woken(&mut g, spec, State::Running, woke);
             }
             State::Cold => {
+                let t = Instant::now();
                 self.backend.start(spec).await?;
-                self.set(&mut g, spec, State::Running);
+                let woke = Some((State::Cold, t.elapsed()));
+                self.set_woken(&mut g, spec, State::Running, woke);
             }
         }
         g.idle_since = None;

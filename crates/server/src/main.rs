@@ -16,6 +16,7 @@ mod http;
 mod images;
 mod limits;
 mod mcp;
+mod metrics;
 mod service;
 mod service_unit;
 mod store;
@@ -192,6 +193,11 @@ struct ServeArgs {
     /// `darwin-aarch64/sprite`, of this server's version.
     #[arg(long, env = "SPRITES_CLI_DIR")]
     cli_dir: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus' text format, every org's figures) on this address, e.g.
+    /// `127.0.0.1:9780`; not served unless given. Port 0 picks one, written to
+    /// `<data-dir>/spritesd.metrics-addr`.
+    #[arg(long, env = "SPRITES_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Where the web console is served on the API address (`/`, or a path such as
     /// `/console`), or `none` for no console.
     #[arg(long, env = "SPRITES_CONSOLE_PATH", default_value = "/", value_parser = console_path)]
@@ -726,6 +732,25 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("checkpoints track changes by reflink: they cost what changed");
         } else {
             tracing::info!("the data dir's filesystem has no reflinks and there is no storage pool (--storage-pool none): checkpoints read every allocated chunk");
+        }
+        svc.metrics.follow(&svc.runtime);
+        if let Some(addr) = a.metrics_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} for metrics"))?;
+            let bound = l.local_addr()?;
+            let tmp = cfg.data_dir.join("spritesd.metrics-addr.tmp");
+            std::fs::write(&tmp, bound.to_string())?;
+            std::fs::rename(&tmp, cfg.data_dir.join("spritesd.metrics-addr"))?;
+            let app = axum::Router::new()
+                .route("/metrics", axum::routing::get(metrics::serve))
+                .with_state(svc.clone());
+            tracing::info!("metrics at http://{bound}/metrics");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!("metrics listener: {e}");
+                }
+            });
         }
         // Written whole or not at all: tools poll for it.
         let tmp = cfg.data_dir.join("spritesd.addr.tmp");

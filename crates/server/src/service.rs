@@ -57,6 +57,8 @@ pub struct Sprites {
     pub cli: crate::http::cli::CliBuilds,
     /// The REST API as MCP tools call it (its router is set once built).
     pub in_process: Arc<crate::mcp::InProcess>,
+    /// Prometheus metrics (`/metrics` on `--metrics-listen`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Inside-API servers, by sprite id.
     pub(crate) host_apis:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
@@ -107,6 +109,7 @@ impl Sprites {
             mcp,
             in_process,
             host_apis: Default::default(),
+            metrics: Default::default(),
             views_lock: Default::default(),
             views_pending: Default::default(),
         })

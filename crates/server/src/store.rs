@@ -1114,3 +1114,8 @@ pub fn delete_console_session(c: &Connection, hash: &str) -> Result<()> {
     c.execute("DELETE FROM console_sessions WHERE hash = ?1", [hash])?;
     Ok(())
 }
+
+/// How many sprites there are, in every org.
+pub fn count_sprites(c: &mut Connection) -> Result<i64> {
+    Ok(c.query_row("SELECT COUNT(*) FROM sprites", [], |r| r.get(0))?)
+}

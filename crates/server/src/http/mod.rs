@@ -130,7 +130,12 @@ fn build(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Inside the routes, so the matched route template is known (never a sprite name).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ));
     // The OAuth callback is reached by the user's browser, redirected by the provider (no
     // token; the single-use state names the org), and by scripts with a token (POST).
     let callback = Router::new()

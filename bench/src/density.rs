@@ -3,8 +3,9 @@
 //! warm (frozen) sprite and on a running one, and per idle (warm) sprite the host memory and
 //! processes it adds: every process that appeared since the server started without sprites,
 //! its proportional set size (PSS, so shared pages are split fairly), and the system's used
-//! memory (`MemTotal - MemAvailable`, the figure `free` shows). Ratios are against the first
-//! level, in the same run.
+//! memory (`MemTotal - MemAvailable`, the figure `free` shows). The boot part of the last ten
+//! creates comes from the server's `/metrics`. Ratios are against the first level, in the
+//! same run.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -49,9 +50,34 @@ fn used_memory() -> u64 {
     field("MemTotal:").saturating_sub(field("MemAvailable:"))
 }
 
+/// Sum and count of a histogram's series (`name`, then its `{labels}`) in a Prometheus text
+/// exposition.
+fn histogram(text: &str, (name, labels): (&str, &str)) -> (f64, f64) {
+    let get = |suffix: &str| {
+        let key = format!("{name}_{suffix}{labels} ");
+        text.lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix(&key)?;
+                rest.rsplit(' ').next()?.parse::<f64>().ok()
+            })
+            .unwrap_or(0.0)
+    };
+    (get("sum"), get("count"))
+}
+
+async fn scrape(http: &reqwest::Client, addr: &str) -> Result<String> {
+    Ok(http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 struct Level {
     n: usize,
     create: Duration,
+    boot: Duration,
     warm_wake: Duration,
     running: Duration,
     procs: f64,
@@ -71,7 +97,14 @@ pub async fn density_benches() -> Result<()> {
         "24h",
         "--idle-tick",
         "200ms",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ])?;
+    let metrics = std::fs::read_to_string(s.data_dir.join("spritesd.metrics-addr"))?;
+    let metrics = metrics.trim().to_string();
+    // The boot part of a create (the runtime's cold start: namespaces, network, launcher,
+    // agent up), from the server's own histogram.
+    let boots = ("sprites_wake_duration_seconds", "{from=\"cold\"}");
     let http = reqwest::Client::new();
     let auth = format!("Bearer {}", s.token);
     // Settle, then take the baseline: the server with no sprite.
@@ -82,7 +115,11 @@ pub async fn density_benches() -> Result<()> {
     let mut out: Vec<Level> = Vec::new();
     for &n in &levels {
         let mut creates = Vec::new();
+        let mut boot_before = (0.0, 0.0);
         while made < n {
+            if n - made == 10.min(n) {
+                boot_before = histogram(&scrape(&http, &metrics).await?, boots);
+            }
             let name = format!("d-{made:05}");
             let t = Instant::now();
             let r = http
@@ -100,6 +137,10 @@ pub async fn density_benches() -> Result<()> {
             creates.push(t.elapsed());
             made += 1;
         }
+        let boot_after = histogram(&scrape(&http, &metrics).await?, boots);
+        let boot = Duration::from_secs_f64(
+            (boot_after.0 - boot_before.0) / (boot_after.1 - boot_before.1).max(1.0),
+        );
         // Every sprite idle and frozen before anything is counted.
         let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 5);
         for i in 0..n {
@@ -124,6 +165,7 @@ pub async fn density_benches() -> Result<()> {
         out.push(Level {
             n,
             create: pct(creates[last..].to_vec(), 0.5),
+            boot,
             warm_wake: pct(warm, 0.5),
             running: pct(running, 0.5),
             procs: now.len() as f64 / n as f64,
@@ -134,10 +176,11 @@ pub async fn density_benches() -> Result<()> {
         let base = &out[0];
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
         println!(
-            "{:>5} sprites: create p50 {} ({:.2}x), warm wake {} ({:.2}x), exec running {} ({:.2}x); per idle sprite {:.2} processes, {:.2} MiB PSS, {:.2} MiB used memory",
+            "{:>5} sprites: create p50 {} ({:.2}x; of it boot {} mean), warm wake {} ({:.2}x), exec running {} ({:.2}x); per idle sprite {:.2} processes, {:.2} MiB PSS, {:.2} MiB used memory",
             l.n,
             ms(l.create),
             ratio(l.create, base.create),
+            ms(l.boot),
             ms(l.warm_wake),
             ratio(l.warm_wake, base.warm_wake),
             ms(l.running),

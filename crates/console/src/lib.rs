@@ -32,9 +32,21 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use sha2::Digest;
 
-/// The session cookie's name (every cookie of this server starts with `sprites_`, which sprite
-/// URLs keep away from the apps in sprites).
+/// The session cookie's name over plain HTTP (every cookie of this server starts with
+/// `sprites_`, which sprite URLs keep away from the apps in sprites).
 pub const SESSION_COOKIE: &str = "sprites_session";
+/// Its name over TLS: a browser takes a `__Host-` cookie only from this very host (Secure,
+/// `Path=/`, no `Domain`), so no app on a sprite URL can plant one, even on a subdomain.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-sprites_session";
+
+/// The session cookie's name for a server that does (`secure`) or does not speak TLS.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 /// How long a session lives.
 pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
 /// Largest API answer a page reads (lists are paged far below this).
@@ -101,8 +113,8 @@ pub struct Console {
     env: minijinja::Environment<'static>,
     /// Where it is mounted: `""` for `/`, else a path like `/console`.
     base: String,
-    /// Cookies get `Secure` (the server speaks TLS itself).
-    secure: bool,
+    /// The server speaks TLS itself: the cookie is `__Host-` and `Secure`.
+    pub(crate) secure: bool,
 }
 
 /// The hash a session id is stored under.
@@ -127,14 +139,16 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The stored hash of the session a request's cookie names, if it names one. The MCP consent
+/// The stored hash of the session a request's cookie names, if it names one (only the name
+/// this server sets: over TLS a plain `sprites_session` is someone else's). The MCP consent
 /// page uses it to find a signed-in browser.
-pub fn session_hash(headers: &HeaderMap) -> Option<String> {
+pub fn session_hash(headers: &HeaderMap, secure: bool) -> Option<String> {
+    let name = cookie_name(secure);
     for v in headers.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for part in v.split(';') {
             if let Some((k, val)) = part.trim().split_once('=') {
-                if k == SESSION_COOKIE && !val.is_empty() && val.len() <= 100 {
+                if k == name && !val.is_empty() && val.len() <= 100 {
                     return Some(hash(val));
                 }
             }
@@ -281,26 +295,28 @@ impl Console {
 
     /// The signed-in session of a request.
     pub(crate) async fn session_of(&self, headers: &HeaderMap) -> Option<SessionRow> {
-        let h = session_hash(headers)?;
+        let h = session_hash(headers, self.secure)?;
         self.backend.session(&h).await
     }
 
     /// A cookie header that sets (or, with `None`, clears) the session.
     pub(crate) fn session_cookie(&self, id: Option<&str>) -> String {
-        let path = if self.base.is_empty() {
+        // A `__Host-` cookie must have `Path=/`.
+        let path = if self.base.is_empty() || self.secure {
             "/"
         } else {
             &self.base
         };
         let secure = if self.secure { "; Secure" } else { "" };
+        let name = cookie_name(self.secure);
         match id {
             Some(id) => format!(
-                "{SESSION_COOKIE}={id}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                "{name}={id}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
                 SESSION_TTL_MS / 1000
             ),
-            None => format!(
-                "{SESSION_COOKIE}=; Path={path}; HttpOnly; SameSite=Strict; Max-Age=0{secure}"
-            ),
+            None => {
+                format!("{name}=; Path={path}; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+            }
         }
     }
 
@@ -488,11 +504,23 @@ mod tests {
             header::COOKIE,
             "a=b; sprites_session=xyz; c=d".parse().unwrap(),
         );
-        assert_eq!(session_hash(&h), Some(hash("xyz")));
+        assert_eq!(session_hash(&h, false), Some(hash("xyz")));
+        assert_eq!(
+            session_hash(&h, true),
+            None,
+            "over TLS only the __Host- name counts"
+        );
+        h.insert(
+            header::COOKIE,
+            "sprites_session=planted; __Host-sprites_session=mine"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(session_hash(&h, true), Some(hash("mine")));
         h.insert(header::COOKIE, "sprites_session=".parse().unwrap());
-        assert_eq!(session_hash(&h), None);
+        assert_eq!(session_hash(&h, false), None);
         h.insert(header::COOKIE, "xsprites_session=abc".parse().unwrap());
-        assert_eq!(session_hash(&h), None);
+        assert_eq!(session_hash(&h, false), None);
     }
 
     #[test]

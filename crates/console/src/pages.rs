@@ -311,7 +311,7 @@ pub(crate) async fn signout(State(c): C, headers: HeaderMap, body: Bytes) -> Res
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Some(h) = crate::session_hash(&headers) {
+    if let Some(h) = crate::session_hash(&headers, c.secure) {
         c.backend.delete_session(&h).await;
     }
     let mut r = see_other(&format!("{}?msg={}", c.at("/signin"), enc("Signed out.")));

@@ -72,6 +72,8 @@ impl SpriteApi for InProcess {
 pub struct Rows {
     /// The store.
     pub store: Store,
+    /// The server speaks TLS (the console's cookie has its `__Host-` name).
+    pub secure: bool,
 }
 
 fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
@@ -118,7 +120,7 @@ impl Rows {
 #[async_trait::async_trait]
 impl AuthStore for Rows {
     async fn org_of_browser(&self, headers: &http::HeaderMap) -> Option<(String, String)> {
-        let hash = sprites_console::session_hash(headers)?;
+        let hash = sprites_console::session_hash(headers, self.secure)?;
         self.store
             .with(move |c| store::console_session(c, &hash, now_ms()))
             .await

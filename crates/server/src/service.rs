@@ -81,6 +81,7 @@ impl Sprites {
             in_process.clone(),
             Arc::new(crate::mcp::Rows {
                 store: store.clone(),
+                secure: cfg.scheme == "https",
             }),
             format!("{}://{}", cfg.scheme, cfg.listen),
             cfg.mcp_metadata_allow_private,

@@ -274,3 +274,64 @@ async fn behind_a_reverse_proxy_sprite_urls_take_the_public_scheme_and_port() {
     let org = s.token.split('/').nth(1).unwrap();
     assert_eq!(v["url"], format!("https://rp-{org}.sprites.localhost"));
 }
+
+/// Over TLS the console's session cookie is `__Host-` prefixed (Secure, `Path=/`, no
+/// `Domain`), and only that name signs a browser in: the same id under the plain name, as an
+/// app on a sprite URL could plant it for a parent domain, does not.
+#[tokio::test]
+async fn the_console_cookie_over_tls_is_host_only() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_cert(certs.path());
+    let s = TestServer::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
+    let addr: SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let base = format!("https://localhost:{}", addr.port());
+    let c = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .resolve("localhost", addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{base}/signin"))
+        .form(&[("token", s.token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-sprites_session="), "{cookie}");
+    for attr in ["Path=/;", "HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    assert!(!cookie.to_ascii_lowercase().contains("domain="));
+    let id = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let page = |name: &'static str| {
+        c.get(format!("{base}/tokens"))
+            .header("cookie", format!("{name}={id}"))
+            .send()
+    };
+    assert_eq!(
+        page("__Host-sprites_session").await.unwrap().status(),
+        reqwest::StatusCode::OK
+    );
+    let planted = page("sprites_session").await.unwrap();
+    assert_eq!(planted.status(), reqwest::StatusCode::SEE_OTHER);
+    assert!(planted.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/signin"));
+}

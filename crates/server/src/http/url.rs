@@ -96,7 +96,11 @@ fn strip_credentials(headers: &mut http::HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(super::COOKIE_PREFIX))
+        .filter(|c| {
+            !c.is_empty()
+                && !c.starts_with(super::COOKIE_PREFIX)
+                && !c.starts_with(sprites_console::SECURE_SESSION_COOKIE)
+        })
         .map(str::to_string)
         .collect();
     headers.remove(header::COOKIE);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use sprites_testing::TestServer;
 
 use crate::{first_byte, ms, pct, wait_for};
@@ -53,13 +53,7 @@ async fn one_backend(backend: &str, n: usize) -> Result<()> {
     for i in 0..n {
         let name = format!("b{i}");
         let t = Instant::now();
-        let r = http
-            .post(format!("{}/v1/sprites", s.url))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await?;
-        ensure!(r.status() == 201, "create failed: {}", r.status());
+        crate::create_sprite(&http, &s, &auth, &name).await?;
         let url = format!("{}/v1/sprites/{name}/exec?cmd=echo&cmd=x", s.url);
         first_byte(&http, &url, &auth).await?;
         create.push(t.elapsed());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use sprites_testing::TestServer;
 
-use crate::{first_byte, ms, pct, status};
+use crate::{create_sprite, first_byte, ms, pct, status};
 
 fn pids() -> HashSet<i32> {
     std::fs::read_dir("/proc")
@@ -122,18 +122,7 @@ pub async fn density_benches() -> Result<()> {
             }
             let name = format!("d-{made:05}");
             let t = Instant::now();
-            let r = http
-                .post(format!("{}/v1/sprites", s.url))
-                .header("authorization", &auth)
-                .json(&serde_json::json!({ "name": name }))
-                .send()
-                .await?;
-            ensure!(
-                r.status() == 201,
-                "create {name}: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
+            create_sprite(&http, &s, &auth, &name).await?;
             creates.push(t.elapsed());
             made += 1;
         }

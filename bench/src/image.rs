@@ -88,13 +88,7 @@ async fn create_to_first_exec(dir: &Path, n: usize) -> Result<Vec<Duration>> {
     for i in 0..n {
         let name = format!("i{i}");
         let t = Instant::now();
-        let r = http
-            .post(format!("{}/v1/sprites", s.url))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await?;
-        ensure!(r.status() == 201, "create failed: {}", r.status());
+        crate::create_sprite(&http, &s, &auth, &name).await?;
         let url = format!("{}/v1/sprites/{name}/exec?cmd=node&cmd=--version", s.url);
         first_byte(&http, &url, &auth).await?;
         v.push(t.elapsed());

@@ -435,6 +435,28 @@ async fn first_byte(http: &reqwest::Client, url: &str, auth: &str) -> Result<Dur
     Ok(d)
 }
 
+/// `POST /v1/sprites` of `name`; an error unless it is created.
+async fn create_sprite(
+    http: &reqwest::Client,
+    s: &TestServer,
+    auth: &str,
+    name: &str,
+) -> Result<()> {
+    let r = http
+        .post(format!("{}/v1/sprites", s.url))
+        .header("authorization", auth)
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await?;
+    let status = r.status();
+    ensure!(
+        status == 201,
+        "create {name}: {status} {}",
+        r.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
 async fn status(http: &reqwest::Client, s: &TestServer, auth: &str, name: &str) -> Result<String> {
     let v: serde_json::Value = http
         .get(format!("{}/v1/sprites/{name}", s.url))
@@ -501,22 +523,7 @@ async fn lifecycle_benches() -> Result<()> {
     ])?;
     let http = reqwest::Client::new();
     let auth = format!("Bearer {}", s.token);
-    let create = |name: String| {
-        let http = http.clone();
-        let url = format!("{}/v1/sprites", s.url);
-        let auth = auth.clone();
-        async move {
-            let r = http
-                .post(url)
-                .header("authorization", auth)
-                .json(&serde_json::json!({ "name": name }))
-                .send()
-                .await?;
-            ensure!(r.status() == 201, "create failed: {}", r.status());
-            anyhow::Ok(())
-        }
-    };
-    create("wake".into()).await?;
+    create_sprite(&http, &s, &auth, "wake").await?;
     let url = format!("{}/v1/sprites/wake/exec?cmd=echo&cmd=x", s.url);
     let (mut hot, mut warm, mut cold) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
@@ -556,13 +563,7 @@ async fn lifecycle_benches() -> Result<()> {
     let auth = format!("Bearer {}", s.token);
     let t = Instant::now();
     for i in 0..100 {
-        let r = http
-            .post(format!("{}/v1/sprites", s.url))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({ "name": format!("idle-{i}") }))
-            .send()
-            .await?;
-        ensure!(r.status() == 201);
+        create_sprite(&http, &s, &auth, &format!("idle-{i}")).await?;
     }
     let made = t.elapsed();
     for i in 0..100 {
@@ -586,13 +587,7 @@ async fn lifecycle_benches() -> Result<()> {
     ])?;
     let auth = format!("Bearer {}", s.token);
     for i in 0..100 {
-        let r = http
-            .post(format!("{}/v1/sprites", s.url))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({ "name": format!("idle-{i}") }))
-            .send()
-            .await?;
-        ensure!(r.status() == 201);
+        create_sprite(&http, &s, &auth, &format!("idle-{i}")).await?;
     }
     for i in 0..100 {
         wait_for(&http, &s, &auth, &format!("idle-{i}"), "cold").await?;

@@ -90,7 +90,8 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
-fn client(cert: &Path, resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
+/// A client that trusts only `cert` and finds the hosts in `resolve` there.
+fn client_builder(cert: &Path, resolve: &[(&str, SocketAddr)]) -> reqwest::ClientBuilder {
     let pem = std::fs::read(cert).unwrap();
     let mut b = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
@@ -98,11 +99,16 @@ fn client(cert: &Path, resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
     for (host, addr) in resolve {
         b = b.resolve(host, *addr);
     }
-    b.build().unwrap()
+    b
 }
 
-#[tokio::test]
-async fn the_api_websockets_and_sprite_urls_over_https() {
+fn client(cert: &Path, resolve: &[(&str, SocketAddr)]) -> reqwest::Client {
+    client_builder(cert, resolve).build().unwrap()
+}
+
+/// A server with a fresh certificate: (its certificates' dir, the server, the CA, its
+/// address, `https://localhost:<port>`).
+fn tls_server() -> (tempfile::TempDir, TestServer, PathBuf, SocketAddr, String) {
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_cert(certs.path());
     let s = TestServer::start_with(&[
@@ -114,6 +120,12 @@ async fn the_api_websockets_and_sprite_urls_over_https() {
     .unwrap();
     let addr: SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
     let base = format!("https://localhost:{}", addr.port());
+    (certs, s, ca, addr, base)
+}
+
+#[tokio::test]
+async fn the_api_websockets_and_sprite_urls_over_https() {
+    let (_certs, s, ca, addr, base) = tls_server();
     let c = client(&ca, &[("localhost", addr)]);
 
     // The API.
@@ -280,21 +292,8 @@ async fn behind_a_reverse_proxy_sprite_urls_take_the_public_scheme_and_port() {
 /// app on a sprite URL could plant it for a parent domain, does not.
 #[tokio::test]
 async fn the_console_cookie_over_tls_is_host_only() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_cert(certs.path());
-    let s = TestServer::start_with(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ])
-    .unwrap();
-    let addr: SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
-    let base = format!("https://localhost:{}", addr.port());
-    let c = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .resolve("localhost", addr)
+    let (_certs, s, ca, addr, base) = tls_server();
+    let c = client_builder(&ca, &[("localhost", addr)])
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
